@@ -1,0 +1,24 @@
+"""`adamllm bench WHAT`: throughput and memory targets, measured side by side in one run and
+printed as ratios (never asserted by timed tests). Each benchmark lives beside the code it measures
+and is listed here by name."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+BENCHMARKS = {
+    "read": "adamllm_ray.sources:bench_read",
+    "method": "adamllm_ray.synthesis.bench:bench_method",
+    "score": "adamllm_ray.evaluation.bench:bench_score",
+}
+
+
+def run(what: str, rows: int, out: str | None) -> dict:
+    module, func = BENCHMARKS[what].split(":")
+    result = getattr(importlib.import_module(module), func)(rows)
+    print(json.dumps(result, indent=2))
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2))
+    return result

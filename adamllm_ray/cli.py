@@ -1,0 +1,121 @@
+"""`adamllm <command>`: one entry point for every job. Each command takes `--config FILE.yaml`
+where it runs a job, plus dotted `key=value` overrides. Heavy libraries are imported by the command
+that needs them, so `--help` stays instant."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _job(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="job YAML (see jobs/)")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="dotted config overrides")
+
+
+def cmd_make_tiny_model(a):
+    from adamllm_ray import tiny
+
+    print(tiny.build(a.family, a.out, seed=a.seed))
+
+
+def cmd_make_sample_data(a):
+    from adamllm_ray import sample_data
+
+    print(sample_data.write_sample_data(a.out, n=a.n, seed=a.seed, broken=not a.no_broken))
+
+
+def cmd_synthesize(a):
+    from adamllm_ray.config import SynthesisConfig, load_config
+
+    cfg = load_config(SynthesisConfig, a.config, a.overrides)
+    from adamllm_ray.synthesis import pipeline
+
+    pipeline.run(cfg)
+
+
+def cmd_score(a):
+    from adamllm_ray.evaluation import score
+
+    return score.main(a)
+
+
+def cmd_bench(a):
+    from adamllm_ray import bench
+
+    bench.run(a.what, a.rows, a.out)
+
+
+COMMANDS = {
+    "make-tiny-model": (
+        cmd_make_tiny_model,
+        "Build a tiny random-weight model (qwen2_vl, llava_next or text) with a locally trained tokenizer.",
+        lambda p: (
+            p.add_argument("--family", required=True, choices=["qwen2_vl", "llava_next", "text"]),
+            p.add_argument("--out", required=True),
+            p.add_argument("--seed", type=int, default=0),
+        ),
+    ),
+    "make-sample-data": (
+        cmd_make_sample_data,
+        "Draw image-caption pairs with PIL and write them as ShareGPT JSON, parquet and webdataset shards.",
+        lambda p: (
+            p.add_argument("--out", required=True),
+            p.add_argument("--n", type=int, default=32),
+            p.add_argument("--seed", type=int, default=0),
+            p.add_argument("--no-broken", action="store_true", help="leave out the deliberately broken rows"),
+        ),
+    ),
+    "synthesize": (
+        cmd_synthesize,
+        "Turn image-caption pairs into a training set: synthesize tasks, judge them, compose, write.",
+        _job,
+    ),
+    "score": (
+        cmd_score,
+        "Score saved predictions (JSONL) of one evaluation task with the paper's metrics.",
+        lambda p: (
+            p.add_argument("--task", required=True, metavar="TASK",
+                           help="slake, pathvqa, vqa_rad, pmc_vqa, recipe1m, nutrition5k, food101 or foodseg103"),
+            p.add_argument("--predictions", required=True, metavar="FILE.jsonl",
+                           help="one record a line: id, prediction, label and the task's fields"),
+            p.add_argument("--output", default=None, metavar="metrics.json",
+                           help="where to write the scores (default: FILE.metrics.json beside the predictions)"),
+        ),
+    ),
+    "bench": (
+        cmd_bench,
+        "Measure throughput targets side by side in one run and print ratios.",
+        lambda p: (
+            p.add_argument("what", choices=sorted(__import__("adamllm_ray.bench").bench.BENCHMARKS)),
+            p.add_argument("--rows", type=int, default=10000),
+            p.add_argument("--out", default=None, help="write the measurements as JSON here"),
+        ),
+    ),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="adamllm", description=__doc__)
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (func, help_text, configure) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        configure(p)
+        p.set_defaults(func=func)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from adamllm_ray.config import ConfigError
+
+    try:
+        rc = args.func(args)
+    except ConfigError as err:
+        print(f"adamllm {args.command}: config error:\n{err}", file=sys.stderr)
+        return 2
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation: the paper's eight tasks, their prompts, and their scores (SPEC.md section 4)."""

@@ -1,0 +1,157 @@
+"""Tiny models built locally from configs (no model hub): random weights, a byte-level BPE tokenizer
+trained here on the project's own vocabulary, and the processor files vLLM and transformers need.
+Deterministic for a given seed; built in seconds. Used by the tests and the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+QWEN_SPECIAL = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+    "<|image_pad|>", "<|video_pad|>",
+]
+LLAMA3_SPECIAL = [
+    "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+    "<|reserved_special_token_4|>", "<|finetune_right_pad_id|>",
+]
+
+# Jinja chat template in Qwen2-VL's format (default system prompt, image parts as vision tokens).
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' or 'image' in part or 'image_url' in part %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _corpus() -> list[str]:
+    """Text the tokenizer is trained on: the sample-data vocabulary and the method's prompt words."""
+    from adamllm_ray import sample_data
+
+    lines = list(sample_data.vocabulary_sentences())
+    prompts = Path(__file__).parent / "prompts"
+    for p in sorted(prompts.glob("*")) if prompts.exists() else []:
+        lines.extend(p.read_text(errors="ignore").splitlines())
+    lines += [
+        "Describe the image.", "Answer with a precise response.", "Answer with an informative response.",
+        "You are a helpful language and vision assistant.", "## Question: ## Informative Answer:",
+        "## Precise Answer: ## Consistent: Yes No Open", "The answer is", "Therefore, the answer is",
+        "What type of food is shown in this image? Choose one type from the following options:",
+        "What ingredients are used to make the dish in the image?", "Question: The choices are:",
+        "0 1 2 3 4 5 6 7 8 9 10 yes no A B C D ( ) [ ] , . ; : ? !",
+    ]
+    return lines
+
+
+def build_tokenizer(special: list[str], vocab_size: int = 2048):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=special, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    return tok
+
+
+def _fast_tokenizer(tok, **kwargs):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **kwargs)
+
+
+def build_qwen2_vl(out: Path, seed: int) -> None:
+    import torch
+    from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor,
+                              Qwen2VLProcessor, Qwen2VLVideoProcessor)
+
+    tok = _fast_tokenizer(
+        build_tokenizer(QWEN_SPECIAL), eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        chat_template=QWEN2_VL_CHAT_TEMPLATE, model_max_length=4096,
+    )
+    tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL[1:]})
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
+    config = Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
+            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+            max_window_layers=2,
+        ),
+        vision_config=dict(depth=2, embed_dim=32, hidden_size=128, num_heads=2, mlp_ratio=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config).to(torch.float32)
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.save_pretrained(out)
+    # Small images: 56x56..112x112 pixels -> 4..16 visual tokens, so tests and the demo stay fast.
+    pixels = dict(min_pixels=56 * 56, max_pixels=112 * 112)
+    image_processor = Qwen2VLImageProcessor(**pixels)
+    video_processor = Qwen2VLVideoProcessor(**pixels)
+    Qwen2VLProcessor(image_processor=image_processor, tokenizer=tok, video_processor=video_processor,
+                     chat_template=QWEN2_VL_CHAT_TEMPLATE).save_pretrained(out)
+
+
+def build_text(out: Path, seed: int) -> None:
+    """A small text-only causal LM (Qwen2 architecture) for the judge."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tok = _fast_tokenizer(
+        build_tokenizer(QWEN_SPECIAL), bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>", chat_template=QWEN2_VL_CHAT_TEMPLATE, model_max_length=4096,
+    )
+    eos = tok.convert_tokens_to_ids("<|endoftext|>")
+    config = Qwen2Config(
+        vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=4096, bos_token_id=eos, eos_token_id=eos,
+        pad_token_id=eos, tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    Qwen2ForCausalLM(config).to(torch.float32).save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+BUILDERS = {"qwen2_vl": build_qwen2_vl, "text": build_text}
+
+
+def build(family: str, out: str | os.PathLike, seed: int = 0, overwrite: bool = False) -> str:
+    """Build the tiny model of `family` into `out` (atomically: a finished folder or none)."""
+    if family not in BUILDERS:
+        raise ValueError(f"unknown tiny model family {family!r}; choose one of {sorted(BUILDERS)}")
+    out = Path(out)
+    if (out / "config.json").exists() and not overwrite:
+        return str(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    try:
+        BUILDERS[family](tmp, seed)
+        (tmp / "tiny_model.json").write_text(json.dumps({"family": family, "seed": seed}))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(out)
