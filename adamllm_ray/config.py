@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -113,6 +113,160 @@ class SynthesisConfig(Section):
     judge_prompt: str | None = None  # path to another few-shot prompt file; default: the project's own
     mode: Literal["single_stage", "synthetic_only", "caption_only"] = "single_stage"
     resume: bool = True
+
+
+class ModelEndpointConfig(EngineConfig):
+    """One model behind the OpenAI-compatible routes (a `ray.serve.llm` deployment). `concurrency` is
+    the replica count, or [min_replicas, max_replicas] to autoscale on `target_ongoing_requests` per
+    replica; `batch_size` and `max_concurrent_batches` are batch-job settings and do not apply here."""
+
+    name: str | None = None  # the model id clients send; default: the section's name (synthesizer, judge, ...)
+    accelerator_type: str | None = None  # GPU only: a Ray accelerator type (A10G, L4, A100, ...) to place on
+    target_ongoing_requests: float = 16
+    max_ongoing_requests: int = 64
+    tiny: Literal["qwen2_vl", "text"] | None = None  # build this tiny model at `model` when it is missing
+
+
+class IngressConfig(Section):
+    """The task routes' deployment and its protection. Requests beyond `max_ongoing_requests` per
+    replica wait in a queue of `max_queued_requests`; beyond that they get 503 with Retry-After."""
+
+    host: str = "127.0.0.1"  # `adamllm serve` only; `serve deploy` takes http_options from its own file
+    port: int = 8000
+    api_key: str | None = None  # bearer token; prefer api_key_env so the key stays out of files
+    api_key_env: str | None = "ADAMLLM_API_KEY"  # environment variable holding the token (read by the replica)
+    max_request_bytes: int = 16 * 2**20
+    request_timeout_s: float = 300.0  # per model call; past it the request gets 504
+    replicas: int | tuple[int, int] = 1  # or [min, max] to autoscale on target_ongoing_requests
+    target_ongoing_requests: float = 8
+    max_ongoing_requests: int = 32
+    max_queued_requests: int = 64
+    retry_after_s: int = 1
+    num_cpus: float = 0.25
+
+    @field_validator("replicas")
+    @classmethod
+    def _replicas(cls, v):
+        lo, hi = (v, v) if isinstance(v, int) else v
+        if lo < 1 or hi < lo:
+            raise ValueError("replicas must be a positive int or [min, max] with 1 <= min <= max")
+        return v
+
+
+class ServeConfig(Section):
+    ray: RayConfig = RayConfig(num_cpus=4)  # local: Serve's ingress needs 4 logical CPUs beside the engines
+    ingress: IngressConfig = IngressConfig()
+    family: Literal["llava_next_llama3", "qwen2_vl"] = "llava_next_llama3"  # default of /v1/synthesize
+    synthesizer: ModelEndpointConfig
+    judge: ModelEndpointConfig | None = None  # None: /v1/synthesize keeps every triplet
+    judge_prompt: str | None = None
+    evaluator: ModelEndpointConfig | None = None  # None: /v1/evaluate asks the synthesizer
+    mode: Literal["single_stage", "synthetic_only", "caption_only"] = "single_stage"
+    images: ImageLimits = ImageLimits()  # over max_decoded_pixels: 413; over max_pixels: downscaled
+
+    @model_validator(mode="after")
+    def _model_names(self):
+        seen = set()
+        for section, ep in self.endpoints().items():
+            if ep.name is None:
+                ep.name = section
+            if ep.name in seen:
+                raise ValueError(f"model name {ep.name!r} is used twice; give each model its own name")
+            seen.add(ep.name)
+        return self
+
+    def endpoints(self) -> dict[str, ModelEndpointConfig]:
+        """The configured models by section name."""
+        eps = {"synthesizer": self.synthesizer, "judge": self.judge, "evaluator": self.evaluator}
+        return {k: v for k, v in eps.items() if v is not None}
+
+
+class TrainDataConfig(Section):
+    """The training set (SPEC §3): ShareGPT JSON written by the synthesis run, images relative to the file."""
+
+    path: str  # a ShareGPT .json/.jsonl file, a folder or a glob of them; local or s3://
+    image_root: str | None = None  # default: the folder of each JSON file
+    mode: Literal["single_stage", "two_stage", "synthetic_only", "caption_only"] = "single_stage"
+    caption_prompts: list[str] = ["Describe the image."]  # user prompts (without <image>) of the caption task
+    synthesizer_tuning: bool = False  # loss on everything after the first round, end-of-text trained
+    blank_image_share: float = Field(0.1, ge=0.0, le=1.0)  # synthesizer tuning: images replaced by a blank one
+    max_length: int = Field(6144, ge=16)  # tokens, image tokens included; longer examples are truncated
+    shuffle: bool = True  # a new order every epoch (seeded), drawn on the driver over the light entries
+    seed: int = 0
+    limit: int | None = None  # use at most this many entries (smoke runs)
+    images: ImageLimits = ImageLimits()
+    map_batch_size: int = 16  # examples per Ray Data task batch (image loading + tokenization)
+    map_num_cpus: float = 0.5  # logical CPUs per Ray Data task
+
+
+class TrainScalingConfig(Section):
+    """Ray Train's ScalingConfig: one DeepSpeed rank per worker."""
+
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    wait_for_resources: bool = False  # autoscaling clusters: do not fail fast when GPUs are not there yet
+
+
+class TrainOptimConfig(Section):
+    lr: float = 1e-5
+    vision_lr: float | None = None  # vision tower; default: lr
+    weight_decay: float = 0.0
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0
+
+
+class TrainFreezeConfig(Section):
+    """Parts left out of training (the paper trains everything)."""
+
+    vision_tower: bool = False
+    projector: bool = False
+    language_model: bool = False
+
+
+class TrainCheckpointConfig(Section):
+    every_steps: int = Field(100, ge=1)  # and always at the end
+    num_to_keep: int | None = 2
+
+
+class TrainConfig(Section):
+    ray: RayConfig = RayConfig()
+    s3: S3Config = S3Config()
+    model: str  # local folder, s3:// prefix or hub id
+    family: Literal["qwen2_vl", "llava_next", "mllama"] = "qwen2_vl"
+    data: TrainDataConfig
+    output: str  # folder, local or s3://: checkpoints under OUTPUT/NAME/, the exported model in OUTPUT/NAME/model
+    name: str = "train"
+    resume_from: str | None = None  # a checkpoint folder (local or s3://) to start a new run from
+    scaling: TrainScalingConfig = TrainScalingConfig()
+    zero_stage: Literal[2, 3] = 2
+    precision: Literal["bf16", "fp32"] = "bf16"
+    epochs: int = Field(1, ge=1)
+    global_batch_size: int = Field(128, ge=1)  # examples per optimizer step over all workers
+    micro_batch_size: int = Field(1, ge=1)  # examples per forward pass per worker
+    max_steps: int | None = None  # stop early (smoke runs); the schedule still spans the whole run
+    optim: TrainOptimConfig = TrainOptimConfig()
+    freeze: TrainFreezeConfig = TrainFreezeConfig()
+    gradient_checkpointing: bool = False
+    checkpoint: TrainCheckpointConfig = TrainCheckpointConfig()
+    max_failures: int = 0  # worker-group restarts from the latest checkpoint
+    export: bool = True  # write a Hugging Face folder at the end
+    export_dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bfloat16 when trained in bf16
+
+    @model_validator(mode="after")
+    def _batch_fits(self):
+        per_step = self.micro_batch_size * self.scaling.num_workers
+        if self.global_batch_size % per_step:
+            raise ValueError(
+                f"global_batch_size {self.global_batch_size} is not a multiple of micro_batch_size x "
+                f"scaling.num_workers = {self.micro_batch_size} x {self.scaling.num_workers}")
+        return self
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return self.global_batch_size // (self.micro_batch_size * self.scaling.num_workers)
 
 
 # ---------------------------------------------------------------- loading

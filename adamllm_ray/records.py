@@ -47,3 +47,36 @@ def to_table(rows: list[dict[str, Any]], schema=None):
 
     schema = schema or source_schema()
     return pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
+
+
+def task_schema():
+    """Arrow schema of the rows a synthesis run writes to OUT/tasks/ (every row, intermediate
+    columns included, image bytes left out: the image itself is in OUT/images/)."""
+    import pyarrow as pa
+
+    pair = pa.struct([("question", pa.string()), ("answer", pa.string()), ("kind", pa.string())])
+    return pa.schema([
+        (ID, pa.string()), (IMAGE_PATH, pa.string()), (CAPTION, pa.string()), (CAPTION_PROMPT, pa.string()),
+        (RAW_OUTPUT, pa.string()), ("output_tokens", pa.int64()), (QA_PAIRS, pa.list_(pair)),
+        (TRIPLET, pa.struct([("question", pa.string()), ("precise", pa.string()), ("informative", pa.string())])),
+        ("judge_output", pa.string()), (VERDICT, pa.string()), (RESPONSE, pa.string()),
+        (MESSAGES, pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+        (ERROR, pa.struct([("stage", pa.string()), ("message", pa.string())])),
+    ])
+
+
+NESTED = (ERROR, QA_PAIRS, TRIPLET, MESSAGES)
+
+
+def pack(row: dict[str, Any]) -> dict[str, Any]:
+    """Nested columns as JSON text between Ray Data's row-wise stages: blocks built from rows where
+    some values are None and others structs do not concatenate (Ray 2.60), JSON strings always do."""
+    import json
+
+    return {k: json.dumps(v) if k in NESTED else v for k, v in row.items()}
+
+
+def unpack(row: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    return {k: json.loads(v) if k in NESTED and isinstance(v, str) else v for k, v in row.items()}

@@ -48,7 +48,8 @@ def synthetic_records(task: str, rows: int, seed: int = 0) -> list[dict]:
             if rng.random() < 0.5:
                 label = _phrase(rng, 1, 3)
                 said = label.split() if rng.random() < 0.6 else []
-                records.append({"id": i, "prediction": _sentence(rng, 2, 30, said), "label": label, "answer_type": "OPEN"})
+                prediction = _sentence(rng, 2, 30, said)
+                records.append({"id": i, "prediction": prediction, "label": label, "answer_type": "OPEN"})
             else:
                 label = rng.choice(["yes", "no"])
                 prediction = rng.choice(["Yes", "No", "No, it is not"]) + ". " + _sentence(rng, 0, 20)
@@ -66,8 +67,9 @@ def synthetic_records(task: str, rows: int, seed: int = 0) -> list[dict]:
         names = [_phrase(rng, 1, 3).replace(" ", "_") for _ in range(101)]
         for i in range(rows):
             name = rng.choice(names)
-            prediction = rng.choice([name.replace("_", " "), f"The food shown in this image is {name.replace('_', ' ')}.",
-                                     _sentence(rng, 10, 40, [name.replace("_", " ")]), _sentence(rng, 5, 20)])
+            text = name.replace("_", " ")
+            prediction = rng.choice([text, f"The food shown in this image is {text}.",
+                                     _sentence(rng, 10, 40, [text]), _sentence(rng, 5, 20)])
             label = name if rng.random() < 0.7 else rng.choice(names)
             records.append({"id": i, "prediction": prediction, "label": label, "options": names})
     elif task == "recipe1m":

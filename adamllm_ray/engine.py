@@ -1,0 +1,93 @@
+"""The one place that turns an EngineConfig into a `ray.data.llm` processor (vLLM engine actor pool).
+
+CPU vs GPU is a setting: on CPU the engine gets a CPU placement bundle (otherwise it waits for a GPU
+for ever, silently), a KV cache size, eager mode, and the side stages ask for little CPU; on GPU the
+pool gets one bundle per tensor-parallel rank. Per-row engine errors are captured
+(`should_continue_on_error`) and come back as the row's error, never as a failed job.
+
+Rows going in carry `prompt` (a raw string, the family's own format: no chat template stage),
+optionally `multimodal_data` ({"image": PIL image}) and `sampling_params`. vLLM detokenizes itself
+(ENVIRONMENT.md: Ray's detokenize stage changes texts); the tokenize stage is off for the same reason.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from adamllm_ray import storage
+from adamllm_ray.config import EngineConfig
+
+ENGINE_ERROR = "__inference_error__"
+SIDE_STAGE_CPUS = 0.1
+
+
+def model_source(model: str) -> str:
+    """Local folders become absolute (Ray workers do not share the driver's working directory);
+    s3:// prefixes and hub ids pass through to Ray's model loading."""
+    if storage.is_s3(model) or not os.path.exists(model):
+        return model
+    return os.path.abspath(model)
+
+
+def sampling_params(cfg: EngineConfig, **override: Any) -> dict[str, Any]:
+    s = cfg.sampling
+    params = dict(temperature=s.temperature, max_tokens=s.max_tokens, skip_special_tokens=s.skip_special_tokens,
+                  detokenize=True)
+    if s.stop:
+        params["stop"] = list(s.stop)
+    params.update(override)
+    return params
+
+
+def engine_kwargs(cfg: EngineConfig, multimodal: bool) -> dict[str, Any]:
+    kw: dict[str, Any] = dict(max_model_len=cfg.max_model_len, tensor_parallel_size=cfg.tensor_parallel_size,
+                              dtype=cfg.dtype, trust_remote_code=False)
+    if multimodal:
+        kw["limit_mm_per_prompt"] = {"image": 1}
+    if cfg.accelerator == "cpu":
+        kw.update(enforce_eager=True, distributed_executor_backend="mp")
+    kw.update(cfg.engine_kwargs)
+    return kw
+
+
+def processor_config(cfg: EngineConfig, multimodal: bool):
+    from ray.data.llm import vLLMEngineProcessorConfig
+
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(cfg.cpu_kvcache_gib)} if cfg.accelerator == "cpu" else {}
+    for k in ("VLLM_CACHE_ROOT", "HF_HUB_OFFLINE", "AWS_ENDPOINT_URL", "AWS_REGION"):
+        if os.environ.get(k):
+            env.setdefault(k, os.environ[k])
+    extra: dict[str, Any] = {}
+    if cfg.accelerator == "cpu":
+        extra["placement_group_config"] = {"bundles": [{"CPU": cfg.cpus_per_engine}]}
+    return vLLMEngineProcessorConfig(
+        model_source=model_source(cfg.model),
+        engine_kwargs=engine_kwargs(cfg, multimodal),
+        concurrency=cfg.concurrency,
+        batch_size=cfg.batch_size,
+        max_concurrent_batches=cfg.max_concurrent_batches,
+        should_continue_on_error=True,
+        chat_template_stage=False,
+        tokenize_stage=False,
+        detokenize_stage=False,
+        prepare_multimodal_stage=False,
+        runtime_env={"env_vars": env} if env else None,
+        **extra,
+    )
+
+
+def build_processor(cfg: EngineConfig, preprocess: Callable[[dict], dict], postprocess: Callable[[dict], dict],
+                    multimodal: bool = True):
+    """A processor: `processor(dataset)` runs preprocess -> vLLM pool -> postprocess, row by row."""
+    from ray.data.llm import build_processor as ray_build_processor
+
+    side = {"num_cpus": SIDE_STAGE_CPUS}
+    return ray_build_processor(processor_config(cfg, multimodal), preprocess=preprocess, postprocess=postprocess,
+                               preprocess_map_kwargs=side, postprocess_map_kwargs=side)
+
+
+def engine_error(row: dict[str, Any]) -> str | None:
+    """The engine's message for a row it could not run, else None."""
+    err = row.get(ENGINE_ERROR)
+    return str(err) if err else None

@@ -1,0 +1,505 @@
+"""The serving application: the synthesizer, the judge and an evaluated model behind Ray Serve.
+
+    HTTP -> Guard (API key, body size, counters) -> TaskIngress (one FastAPI deployment)
+              /v1/chat/completions, /v1/completions, /v1/models   (ray.serve.llm's OpenAI routes)
+              /v1/synthesize, /v1/evaluate, /healthz              (the method's task routes)
+           -> handles -> RawPromptServer deployments (ray.serve.llm LLMServer + vLLM), one per model
+
+The task routes call the model deployments through Serve handles, never over HTTP. /v1/synthesize
+asks the synthesizer exactly as the batch pipeline does (the family's raw prompt with the image
+beside it, no chat template, the same vLLM sampling params) and runs the pipeline's own row functions
+(parse_row, judge_prompt_of, finish_row) on the answer, so a request gives the row the batch job
+would give. /v1/evaluate sends the task's prompt and the image through the model's chat route.
+
+Entry points: `build_app` for `serve run/deploy` and KubeRay (import path
+`adamllm_ray.serving.app:build_app`, args `{config: <job yaml>}`); `start(cfg) -> base_url` /
+`shutdown()` / `serving(cfg)` for `adamllm serve`, the demo, tests and the benchmark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hmac
+import json
+import os
+import threading
+import time
+import urllib.request
+import uuid
+from typing import Any
+
+from fastapi import Request
+from ray import serve
+from ray.serve.llm import LLMConfig, build_llm_deployment
+from ray.serve.llm.deployment import LLMServer
+from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
+from starlette.responses import JSONResponse
+
+from adamllm_ray import engine, images
+from adamllm_ray.config import IngressConfig, ModelEndpointConfig, ServeConfig, dump_config, load_config
+from adamllm_ray.evaluation.tasks import get_task
+from adamllm_ray.families import get_family
+from adamllm_ray.records import CAPTION, CAPTION_PROMPT, ERROR, ID, IMAGE, IMAGE_PATH, MESSAGES, RAW_OUTPUT, \
+    RESPONSE, TRIPLET, VERDICT, QA_PAIRS
+from adamllm_ray.serving.requests import RequestError, parse_evaluate, parse_synthesize, read_body
+from adamllm_ray.synthesis.filter import load_judge_prompt
+from adamllm_ray.synthesis.pipeline import image_name
+from adamllm_ray.synthesis.stages import finish_row, judge_prompt_of, parse_row
+
+APP_NAME = "adamllm"
+INGRESS_NAME = "TaskIngress"
+ROUTES = ("/v1/synthesize", "/v1/evaluate", "/v1/chat/completions", "/v1/completions", "/v1/models", "/healthz")
+LATENCY_BOUNDARIES_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000]
+ENV_FOR_ENGINES = ("VLLM_CACHE_ROOT", "HF_HUB_OFFLINE", "HF_TOKEN", "AWS_ENDPOINT_URL", "AWS_REGION",
+                   "TOKENIZERS_PARALLELISM")
+
+
+# ---------------------------------------------------------------- model deployments
+
+
+class RawPromptServer(LLMServer):
+    """ray.serve.llm's model server plus the batch pipeline's way of asking a model: a raw prompt in
+    the family's own format with the image beside it, and the pipeline's vLLM sampling params. The
+    OpenAI completions route cannot carry an image, so this goes to the server's vLLM engine directly."""
+
+    async def generate_raw(self, prompt: str, image: bytes | None, sampling: dict[str, Any]) -> dict[str, Any]:
+        from vllm import SamplingParams
+
+        inputs: dict[str, Any] = {"prompt": prompt}
+        if image is not None:
+            inputs["multi_modal_data"] = {"image": images.to_pil(image)}
+        final = None
+        try:
+            async for final in self.engine._engine_client.generate(inputs, SamplingParams(**sampling),
+                                                                   uuid.uuid4().hex):
+                pass
+        except ValueError as err:  # vLLM refuses the input itself (too long for the model, ...)
+            return {"refused": str(err)}
+        out = final.outputs[0]
+        return {"text": out.text, "finish_reason": out.finish_reason, "output_tokens": len(out.token_ids),
+                "prompt_tokens": len(final.prompt_token_ids or [])}
+
+
+def replica_range(value: int | tuple[int, int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (value[0], value[1])
+
+
+def llm_config(ep: ModelEndpointConfig, multimodal: bool) -> LLMConfig:
+    """One model's LLMConfig: the same engine kwargs as the batch job's (engine.py), autoscaling from
+    the endpoint's replica range. On CPU the engine gets a CPU placement bundle (else it waits for a GPU
+    for ever) and the replica actor reserves nothing beyond it."""
+    lo, hi = replica_range(ep.concurrency)
+    deployment: dict[str, Any] = {
+        "max_ongoing_requests": ep.max_ongoing_requests,
+        "autoscaling_config": {"min_replicas": lo, "initial_replicas": lo, "max_replicas": hi,
+                               "target_ongoing_requests": ep.target_ongoing_requests},
+    }
+    env = {k: os.environ[k] for k in ENV_FOR_ENGINES if os.environ.get(k)}
+    extra: dict[str, Any] = {}
+    if ep.accelerator == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(ep.cpu_kvcache_gib)
+        extra["placement_group_config"] = {"bundles": [{"CPU": ep.cpus_per_engine}]}
+        deployment["ray_actor_options"] = {"num_cpus": 0}
+    elif ep.accelerator_type:
+        extra["accelerator_type"] = ep.accelerator_type
+    return LLMConfig(
+        model_loading_config={"model_id": ep.name, "model_source": engine.model_source(ep.model)},
+        engine_kwargs=engine.engine_kwargs(ep, multimodal),
+        deployment_config=deployment,
+        runtime_env={"env_vars": env},
+        **extra,
+    )
+
+
+def ensure_tiny_models(cfg: ServeConfig) -> None:
+    """Models marked `tiny:` are built at their path when missing (tests and the embedded default)."""
+    for ep in cfg.endpoints().values():
+        if ep.tiny and not os.path.exists(os.path.join(ep.model, "config.json")):
+            from adamllm_ray import tiny
+
+            tiny.build(ep.tiny, ep.model, seed=0)
+
+
+# ---------------------------------------------------------------- protection and counters
+
+
+class Guard:
+    """The outermost layer of the ingress app: API key on every route, request size limit, request
+    and latency counters (Ray Serve metrics). The key is read in the replica, from the config or the
+    environment variable the config names, so it need not travel in the application's arguments."""
+
+    def __init__(self, app, api_key: str | None, api_key_env: str | None, max_request_bytes: int):
+        self.app = app
+        self.api_key = api_key
+        self.api_key_env = api_key_env
+        self.max_request_bytes = max_request_bytes
+        self.metrics = None
+        self.counts: dict[str, int] = {}
+
+    def key(self) -> str | None:
+        return self.api_key or (os.environ.get(self.api_key_env) if self.api_key_env else None) or None
+
+    def _metrics(self):
+        if self.metrics is None:
+            from ray.serve.metrics import Counter, Histogram
+
+            self.metrics = (
+                Counter("adamllm_requests", description="Requests answered, by route and status.",
+                        tag_keys=("route", "status")),
+                Histogram("adamllm_request_latency_ms", description="Request latency at the ingress (ms).",
+                          boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("route",)),
+            )
+        return self.metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        path = scope.get("path", "")
+        route = next((r for r in ROUTES if path == r or path.startswith(r + "/")), "other")
+        status = {"code": 500}
+
+        async def send_counted(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            refusal, receive = await self._check(scope, receive)
+            if refusal is not None:
+                await refusal(scope, receive, send_counted)
+            else:
+                await self.app(scope, receive, send_counted)
+        finally:
+            counter, histogram = self._metrics()
+            code = str(status["code"])
+            counter.inc(tags={"route": route, "status": code})
+            histogram.observe((time.perf_counter() - t0) * 1000, tags={"route": route})
+            self.counts[f"{route} {code}"] = self.counts.get(f"{route} {code}", 0) + 1
+
+    async def _check(self, scope, receive):
+        """(refusal response or None, the receive channel to pass on)."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        key = self.key()
+        if key:
+            auth = headers.get("authorization", "")
+            if not auth:
+                return _error(401, "missing API key: send the header 'Authorization: Bearer <key>'",
+                              "authentication_error", {"WWW-Authenticate": "Bearer"}), receive
+            scheme, _, token = auth.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+                return _error(401, "invalid API key", "authentication_error", {"WWW-Authenticate": "Bearer"}), receive
+        limit = self.max_request_bytes
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return _too_large(int(declared), limit), receive
+        if declared is None and scope.get("method") in ("POST", "PUT", "PATCH"):
+            # no declared length (chunked): read up to the limit here, then replay it
+            chunks, size, more = [], 0, True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                chunks.append(message.get("body", b""))
+                size += len(chunks[-1])
+                more = message.get("more_body", False)
+                if size > limit:
+                    return _too_large(size, limit), receive
+            body = b"".join(chunks)
+            replayed = False
+
+            async def replay():
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            return None, replay
+        return None, receive
+
+
+def _error(status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": status}},
+                        status_code=status, headers=headers)
+
+
+def _too_large(size: int, limit: int) -> JSONResponse:
+    return _error(413, f"body: request of {size:,} bytes is over the limit of {limit:,} bytes "
+                       f"(ingress.max_request_bytes)", "invalid_request_error")
+
+
+def ingress_fastapi_app(ingress: IngressConfig):
+    from ray.llm._internal.serve.core.ingress.ingress import init
+
+    app = init()  # ray.serve.llm's own app: its error handling and HTTP metrics for the OpenAI routes
+    app.add_middleware(Guard, api_key=ingress.api_key, api_key_env=ingress.api_key_env,
+                       max_request_bytes=ingress.max_request_bytes)
+    return app
+
+
+# ---------------------------------------------------------------- task routes
+
+
+class TaskIngress(OpenAiIngress):
+    """ray.serve.llm's OpenAI ingress plus the method's task routes, in one deployment."""
+
+    def __init__(self, llm_deployments, model_cards, *, config: dict[str, Any]):
+        super().__init__(llm_deployments, model_cards)
+        self.cfg = ServeConfig.model_validate(config)
+        self.names = {section: ep.name for section, ep in self.cfg.endpoints().items()}
+        self.judge_text = load_judge_prompt(self.cfg.judge_prompt) if self.cfg.judge else None
+        self.timeout_s = self.cfg.ingress.request_timeout_s
+
+    async def healthz(self) -> JSONResponse:
+        return JSONResponse({"status": "ok", "models": self.names, "family": self.cfg.family, "mode": self.cfg.mode})
+
+    async def synthesize(self, request: Request) -> JSONResponse:
+        try:
+            req = parse_synthesize(await read_body(request), self.cfg.images, self.cfg.family,
+                                   self.cfg.judge is not None)
+            return JSONResponse(await self._synthesize(req))
+        except RequestError as err:
+            return JSONResponse(err.body(), status_code=err.status)
+
+    async def evaluate(self, request: Request) -> JSONResponse:
+        try:
+            req = parse_evaluate(await read_body(request), self.cfg.images)
+            return JSONResponse(await self._evaluate(req))
+        except RequestError as err:
+            return JSONResponse(err.body(), status_code=err.status)
+
+    async def _synthesize(self, req) -> dict[str, Any]:
+        family = get_family(req.family)
+        ep = self.cfg.synthesizer
+        row = {ID: req.id, IMAGE: req.image, IMAGE_PATH: image_name(req.id, req.image), CAPTION: req.caption,
+               CAPTION_PROMPT: req.caption_prompt, ERROR: None}
+        params = engine.sampling_params(ep, stop=list(ep.sampling.stop or family.stop))
+        out = await self._generate("synthesizer", family.synthesis_prompt(req.caption), req.image, params,
+                                   field="caption")
+        row = parse_row({**row, RAW_OUTPUT: out["text"]}, family)
+        judge_output = None
+        if not req.judge:
+            row = finish_row(row, self.cfg.mode, None, judged=False)
+        else:
+            prompt = judge_prompt_of(row, self.judge_text)
+            if prompt is not None:
+                judged = await self._generate("judge", prompt, None, engine.sampling_params(self.cfg.judge))
+                judge_output = judged["text"]
+            row = finish_row(row, self.cfg.mode, judge_output, judged=True)
+        example = None
+        if req.compose and row[MESSAGES]:
+            example = {ID: row[ID], "images": [row[IMAGE_PATH]], "messages": row[MESSAGES]}
+        return {
+            ID: row[ID], "family": family.name, IMAGE_PATH: row[IMAGE_PATH], RAW_OUTPUT: row[RAW_OUTPUT],
+            QA_PAIRS: row[QA_PAIRS], TRIPLET: row[TRIPLET], "judge_output": judge_output, VERDICT: row[VERDICT],
+            "kept": row[RESPONSE] is not None, RESPONSE: row[RESPONSE] if req.compose else None,
+            "example": example, ERROR: row[ERROR],
+            "usage": {k: out[k] for k in ("prompt_tokens", "output_tokens", "finish_reason")},
+        }
+
+    async def _evaluate(self, req) -> dict[str, Any]:
+        from ray.serve.llm.openai_api_models import ChatCompletionRequest, ErrorResponse
+
+        name = req.model or self.names.get("evaluator") or self.names["synthesizer"]
+        if name not in self._model_cards:
+            raise RequestError("model", f"unknown model {name!r}; served models: {', '.join(self._model_cards)}")
+        mime = "image/jpeg" if req.image[:3] == b"\xff\xd8\xff" else "image/png"
+        url = f"data:{mime};base64,{base64.b64encode(req.image).decode()}"
+        body = ChatCompletionRequest(
+            model=name, temperature=0.0, max_tokens=req.max_tokens, stream=False,
+            messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                                   {"type": "text", "text": req.prompt}]}],
+        )
+        stream = self._get_configured_serve_handle(name).chat.remote(body, None)
+        first = await self._bounded(name, stream.__anext__(), cancel=stream)
+        if isinstance(first, ErrorResponse):
+            code = first.error.code
+            raise RequestError(None, f"model '{name}': {first.error.message}", code if 400 <= code < 500 else 502,
+                               "model_error")
+        choice = first.choices[0]
+        answer = choice.message.content or ""
+        score = None
+        if req.record is not None:
+            result = get_task(req.task).score([{**req.record, "prediction": answer}])
+            score = {"scores": result["scores"], "counts": result["counts"]}
+        return {"task": req.task, "model": name, "prompt": req.prompt, "answer": answer,
+                "finish_reason": choice.finish_reason, "score": score}
+
+    async def _generate(self, section: str, prompt: str, image: bytes | None, sampling: dict,
+                        field: str | None = None) -> dict[str, Any]:
+        name = self.names[section]
+        response = self._default_serve_handles[name].generate_raw.remote(prompt, image, sampling)
+        out = await self._bounded(name, response, cancel=response)
+        if "refused" in out:
+            # the client's input made the prompt unusable (for instance too long): 400; else the model's fault
+            raise RequestError(field, f"model '{name}' refused the prompt: {out['refused']}",
+                               400 if field else 502, "invalid_request_error" if field else "model_error")
+        return out
+
+    async def _bounded(self, name: str, awaitable, cancel) -> Any:
+        """A model call that answers, fails with a message (502), or times out (504): never hangs."""
+        try:
+            return await asyncio.wait_for(awaitable, self.timeout_s)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(Exception):
+                cancel.cancel()
+            raise RequestError(None, f"model '{name}' did not answer within {self.timeout_s:g}s "
+                                     f"(ingress.request_timeout_s)", 504, "timeout") from None
+        except RequestError:
+            raise
+        except Exception as err:
+            message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            raise RequestError(None, f"model '{name}' failed: {message}", 502, "model_error") from None
+
+
+OPENAI_ROUTES = ("models", "model_data", "completions", "chat")
+
+
+def _endpoint_map():
+    from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
+
+    routes = {k: DEFAULT_ENDPOINTS[k] for k in OPENAI_ROUTES}
+    routes.update(
+        synthesize=lambda app: app.post("/v1/synthesize"),
+        evaluate=lambda app: app.post("/v1/evaluate"),
+        healthz=lambda app: app.get("/healthz"),
+    )
+    return routes
+
+
+def ingress_options(ingress: IngressConfig) -> dict[str, Any]:
+    lo, hi = replica_range(ingress.replicas)
+    return {
+        "name": INGRESS_NAME,
+        "max_ongoing_requests": ingress.max_ongoing_requests,
+        "max_queued_requests": ingress.max_queued_requests,
+        "backpressure_config": {"status_code": 503, "retry_after_s": ingress.retry_after_s},
+        "autoscaling_config": {"min_replicas": lo, "initial_replicas": lo, "max_replicas": hi,
+                               "target_ongoing_requests": ingress.target_ongoing_requests},
+        "ray_actor_options": {"num_cpus": ingress.num_cpus},
+    }
+
+
+def application(cfg: ServeConfig):
+    """The Serve application of a config: one model deployment per configured model, the ingress."""
+    ensure_tiny_models(cfg)
+    deployments, cards = {}, {}
+    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+
+    for section, ep in cfg.endpoints().items():
+        config = llm_config(ep, multimodal=section != "judge")
+        deployments[ep.name] = build_llm_deployment(config, deployment_cls=RawPromptServer)
+        cards[ep.name] = to_model_metadata(ep.name, config)
+    ingress_cls = make_fastapi_ingress(TaskIngress, endpoint_map=_endpoint_map(), app=ingress_fastapi_app(cfg.ingress))
+    return serve.deployment(ingress_cls, **ingress_options(cfg.ingress)).bind(
+        llm_deployments=deployments, model_cards=cards, config=dump_config(cfg))
+
+
+def build_app(args: dict[str, Any]):
+    """Serve's application builder: `import_path: adamllm_ray.serving.app:build_app` with
+    `args: {config: jobs/serve/<file>.yaml, overrides: [key=value, ...]}` (paths relative to the
+    working directory)."""
+    if "config" not in args:
+        raise ValueError("build_app needs args {config: <path of a jobs/serve/*.yaml file>}")
+    return application(load_config(ServeConfig, args["config"], args.get("overrides", [])))
+
+
+# ---------------------------------------------------------------- start / shutdown
+
+
+_started_ray = False
+
+
+def start(cfg: ServeConfig, port: int | None = None, timeout_s: float = 900.0) -> str:
+    """Deploy the application and return its base URL once /healthz answers. Joins an initialised
+    Ray (tests, the demo); otherwise starts one as `cfg.ray` says (local: a private instance with at
+    least 4 logical CPUs). Raises with the deployments' states if it is not up within `timeout_s`."""
+    global _started_ray
+    import ray
+
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS") or cfg.ray.address
+        if address == "local":
+            ray.init(address="local", num_cpus=cfg.ray.num_cpus or max(4, os.cpu_count() or 1),
+                     include_dashboard=False)
+        else:
+            ray.init(address=address)
+        _started_ray = True
+    port = cfg.ingress.port if port is None else port
+    target = application(cfg)
+    serve.start(http_options={"host": cfg.ingress.host, "port": port,
+                              "request_timeout_s": cfg.ingress.request_timeout_s * 2 + 30})
+    failure: list[BaseException] = []
+
+    def deploy():
+        try:
+            serve.run(target, name=APP_NAME, route_prefix="/")
+        except BaseException as err:  # reported by the wait below
+            failure.append(err)
+
+    threading.Thread(target=deploy, daemon=True).start()
+    host = "127.0.0.1" if cfg.ingress.host in ("0.0.0.0", "::") else cfg.ingress.host
+    base_url = f"http://{host}:{port}"
+    _wait_ready(base_url, cfg, failure, timeout_s)
+    return base_url
+
+
+def _wait_ready(base_url: str, cfg: ServeConfig, failure: list, timeout_s: float) -> None:
+    key = cfg.ingress.api_key or (os.environ.get(cfg.ingress.api_key_env) if cfg.ingress.api_key_env else None)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if failure:
+            raise RuntimeError(f"the serving application failed to deploy: {failure[0]}")
+        status = _app_status()
+        if status.get("status") == "DEPLOY_FAILED":
+            raise RuntimeError(f"the serving application failed to deploy: {json.dumps(status, indent=1)}")
+        if status.get("status") == "RUNNING":
+            try:
+                with urllib.request.urlopen(urllib.request.Request(base_url + "/healthz", headers=headers),
+                                            timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+        time.sleep(1.0)
+    raise TimeoutError(f"the serving application is not up after {timeout_s:g}s (a resource request that "
+                       f"cannot be met waits silently: check ray.num_cpus and the engines' placement): "
+                       f"{json.dumps(_app_status(), indent=1)}")
+
+
+def _app_status() -> dict[str, Any]:
+    try:
+        app = serve.status().applications.get(APP_NAME)
+    except Exception:
+        return {}
+    if app is None:
+        return {}
+    return {"status": str(app.status.value if hasattr(app.status, "value") else app.status),
+            "message": app.message,
+            "deployments": {name: f"{d.status}: {d.message}" for name, d in app.deployments.items()}}
+
+
+def shutdown() -> None:
+    """Stop Serve (the model replicas and their engines, the HTTP proxy) and the Ray this module
+    started, if it started one."""
+    global _started_ray
+    import ray
+
+    if ray.is_initialized():
+        serve.shutdown()
+        if _started_ray:
+            ray.shutdown()
+    _started_ray = False
+
+
+@contextlib.contextmanager
+def serving(cfg: ServeConfig, port: int | None = None):
+    """`with serving(cfg) as base_url:` the service is up inside the block and gone after it."""
+    try:
+        yield start(cfg, port)
+    finally:
+        shutdown()

@@ -1,0 +1,255 @@
+"""`adamllm synthesize`: one streaming Ray Data job from image-caption pairs to a training set.
+
+    read -> write image -> synthesize (vLLM pool 1) -> parse + pair -> judge (vLLM pool 2) -> compose -> write
+
+Every input row ends in OUT/tasks/*.parquet, as a training example or with its error; at the end the
+driver derives OUT/train.json, OUT/errors/errors.parquet and OUT/summary.json from those files.
+Resume: rows whose id is already in a complete tasks file are not read again, so a re-run after an
+interruption finishes the job without redoing or duplicating rows.
+
+Rows that already failed still pass through the engine pools as one-token no-op requests, so the job
+stays a single stream and no row can be lost between branches.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import time
+import zlib
+from collections import Counter
+from typing import Any
+
+from adamllm_ray import engine, images, records, sources, storage
+from adamllm_ray.config import SynthesisConfig, dump_config
+from adamllm_ray.families import get_family
+from adamllm_ray.ray_session import ray_session
+from adamllm_ray.records import ERROR, ID, IMAGE, IMAGE_PATH, error, failed
+from adamllm_ray.synthesis.filter import load_judge_prompt
+from adamllm_ray.synthesis.stages import finish_row, judge_prompt_of, parse_row
+
+NOOP_TOKENS = 1
+CARRIED = (ID, IMAGE_PATH, records.CAPTION, records.CAPTION_PROMPT, ERROR)
+
+
+def image_name(row_id: str, data: bytes) -> str:
+    """A file name per id: readable, unique (crc of the id), with the image's own extension."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", row_id)[-80:]
+    ext = "jpg" if data[:3] == b"\xff\xd8\xff" else "png"
+    return f"images/{safe}-{zlib.crc32(row_id.encode()):08x}.{ext}"
+
+
+def write_images(out: str):
+    """Over source rows: each good row's image goes to OUT/images/ (atomic, idempotent on retry),
+    and `image_path` becomes that path relative to OUT, as train.json will name it."""
+    def fn(batch):
+        rows = batch.to_pylist()
+        for row in rows:
+            if not failed(row):
+                rel = image_name(row[ID], row[IMAGE])
+                storage.write_bytes_atomic(storage.join(out, rel), row[IMAGE])
+                row[IMAGE_PATH] = rel
+        return records.to_table(rows)
+    return fn
+
+
+def _noop_image():
+    from PIL import Image
+
+    return Image.new("RGB", (28, 28))
+
+
+def synthesizer_stage(cfg: SynthesisConfig):
+    family = get_family(cfg.family)
+    params = engine.sampling_params(cfg.synthesizer, stop=list(cfg.synthesizer.sampling.stop or family.stop))
+    noop = {**params, "max_tokens": NOOP_TOKENS}
+
+    def pre(row: dict) -> dict:
+        ok = not failed(row)
+        return {**records.pack({k: row.get(k) for k in CARRIED}),
+                "prompt": family.synthesis_prompt(row[records.CAPTION] if ok else "."),
+                "multimodal_data": {"image": images.to_pil(row[IMAGE]) if ok else _noop_image()},
+                "sampling_params": params if ok else noop}
+
+    def post(row: dict) -> dict:
+        out = records.unpack({k: row.get(k) for k in CARRIED})
+        out.update(raw_output=None, output_tokens=0)
+        if not failed(out):
+            message = engine.engine_error(row)
+            if message:
+                out[ERROR] = error("synthesize", message)
+            else:
+                out.update(raw_output=row["generated_text"], output_tokens=int(row.get("num_generated_tokens") or 0))
+        return records.pack(parse_row(out, family))
+
+    return engine.build_processor(cfg.synthesizer, pre, post, multimodal=True)
+
+
+def judge_stage(cfg: SynthesisConfig):
+    prompt_text = load_judge_prompt(cfg.judge_prompt)
+    params = engine.sampling_params(cfg.judge)
+    noop = {**params, "max_tokens": NOOP_TOKENS}
+    columns = list(records.task_schema().names)
+
+    def pre(row: dict) -> dict:
+        prompt = judge_prompt_of(records.unpack(row), prompt_text)
+        return {**{k: row.get(k) for k in columns if k in row}, "judged": prompt is not None,
+                "prompt": prompt or ".", "sampling_params": params if prompt else noop}
+
+    def post(row: dict) -> dict:
+        base = records.unpack({k: row.get(k) for k in columns if k in row})
+        if not row["judged"]:
+            return records.pack(finish_row(base, cfg.mode, None, judged=True))
+        message = engine.engine_error(row)
+        if message:
+            return records.pack(finish_row({**base, ERROR: error("judge", message)}, cfg.mode))
+        text = row["generated_text"]
+        return records.pack({**finish_row(base, cfg.mode, text, judged=True), "judge_output": text})
+
+    return engine.build_processor(cfg.judge, pre, post, multimodal=False)
+
+
+def to_task_table(batch):
+    return records.to_table([records.unpack(r) for r in batch.to_pylist()], records.task_schema())
+
+
+# ---------------------------------------------------------------- resume and final outputs
+
+
+def task_files(out: str) -> list[str]:
+    tasks = storage.join(out, "tasks")
+    return storage.list_files(tasks, (".parquet",)) if storage.exists(tasks) else []
+
+
+def completed_ids(out: str) -> set[str]:
+    """Ids in complete tasks files. A file cut short by an interruption has no footer: it is
+    removed, and its rows are done again."""
+    import pyarrow.parquet as pq
+
+    done: set[str] = set()
+    for f in task_files(out):
+        fs, path = storage.filesystem(f)
+        try:
+            done.update(pq.read_table(path, filesystem=fs, columns=[ID]).column(ID).to_pylist())
+        except Exception:
+            fs.delete_file(path)
+    return done
+
+
+def finalize(cfg: SynthesisConfig, wall_s: float, resumed: set[str]) -> dict[str, Any]:
+    """train.json, errors/errors.parquet and summary.json from every tasks file (this run's and
+    earlier interrupted runs')."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = cfg.output
+    c: Counter = Counter()
+    verdicts: Counter = Counter()
+    error_stages: Counter = Counter()
+    examples, error_rows = [], []
+    for f in task_files(out):
+        fs, path = storage.filesystem(f)
+        for r in pq.read_table(path, filesystem=fs).to_pylist():
+            c["rows"] += 1
+            if r[ERROR]:
+                error_stages[r[ERROR]["stage"]] += 1
+                error_rows.append({ID: r[ID], IMAGE_PATH: r[IMAGE_PATH], records.CAPTION: r[records.CAPTION],
+                                   "stage": r[ERROR]["stage"], "message": r[ERROR]["message"]})
+            if r[ID] not in resumed:
+                c["this_run"] += 1
+                c["this_run_tokens"] += r["output_tokens"] or 0
+            c["synthesized"] += r["raw_output"] is not None
+            c["pairs_parsed"] += len(r[records.QA_PAIRS] or [])
+            c["rows_with_pairs"] += bool(r[records.QA_PAIRS])
+            c["triplets"] += r[records.TRIPLET] is not None
+            if r[records.TRIPLET] is not None and cfg.judge is not None and not r[ERROR]:
+                verdicts[r[records.VERDICT] or "unparsed"] += 1
+            if r[records.RESPONSE] is not None:
+                c["kept"] += 1
+            if r[records.MESSAGES]:
+                examples.append({ID: r[ID], "images": [r[IMAGE_PATH]], "messages": r[records.MESSAGES]})
+                c["caption_only"] += r[records.RESPONSE] is None
+    storage.write_text_atomic(storage.join(out, "train.json"), json.dumps(examples, ensure_ascii=False, indent=1))
+    buf = io.BytesIO()
+    err_schema = pa.schema([(k, pa.string()) for k in (ID, IMAGE_PATH, records.CAPTION, "stage", "message")])
+    pq.write_table(pa.Table.from_pylist(error_rows, schema=err_schema), buf)
+    storage.write_bytes_atomic(storage.join(out, "errors", "errors.parquet"), buf.getvalue())
+
+    counts = {
+        "read": c["rows"],
+        "bad_input": error_stages["read"],
+        "synthesized": c["synthesized"],
+        "rows_with_pairs": c["rows_with_pairs"],
+        "pairs_parsed": c["pairs_parsed"],
+        "triplets": c["triplets"],
+        "verdicts": dict(verdicts) if cfg.judge is not None else None,
+        "kept": c["kept"],
+        "caption_only": c["caption_only"],
+        "examples": len(examples),
+        "errors": sum(error_stages.values()),
+        "errors_by_stage": dict(error_stages),
+    }
+    checks = {
+        "every row is an example, an error, or left out by the mode":
+            counts["examples"] + counts["errors"] + (counts["read"] - counts["errors"] - counts["examples"]
+                                                     if cfg.mode == "synthetic_only" else 0) == counts["read"],
+        "examples = kept + caption_only": counts["examples"] == counts["kept"] + counts["caption_only"],
+        "synthesized + errors before synthesis = read":
+            counts["synthesized"] + error_stages["read"] + error_stages["synthesize"] == counts["read"],
+    }
+    summary = {
+        "counts": counts,
+        "checks": checks,
+        "this_run": {"rows": c["this_run"], "output_tokens": c["this_run_tokens"], "wall_s": round(wall_s, 2),
+                     "rows_per_s": round(c["this_run"] / wall_s, 2), "resumed_rows": len(resumed),
+                     "output_tokens_per_s": round(c["this_run_tokens"] / wall_s, 2)},
+        "outputs": {k: storage.join(out, v) for k, v in
+                    (("train", "train.json"), ("images", "images"), ("tasks", "tasks"), ("errors", "errors"))},
+        "config": dump_config(cfg),
+    }
+    storage.write_text_atomic(storage.join(out, "summary.json"), json.dumps(summary, indent=2))
+    return summary
+
+
+def print_summary(summary: dict) -> None:
+    c, r = summary["counts"], summary["this_run"]
+    print("\nsynthesis summary")
+    for key in ("read", "bad_input", "synthesized", "rows_with_pairs", "pairs_parsed", "triplets", "kept",
+                "caption_only", "examples", "errors"):
+        print(f"  {key:<16}{c[key]:>10}")
+    if c["verdicts"] is not None:
+        print(f"  {'verdicts':<16}{json.dumps(c['verdicts']):>10}")
+    print(f"  {'errors by stage':<16}{json.dumps(c['errors_by_stage'])}")
+    print(f"  this run: {r['rows']} rows in {r['wall_s']:.1f}s ({r['rows_per_s']} rows/s, "
+          f"{r['output_tokens_per_s']} output tokens/s); {r['resumed_rows']} rows done by an earlier run")
+    print(f"  all checks pass: {all(summary['checks'].values())}")
+
+
+def run(cfg: SynthesisConfig) -> dict:
+    cfg.s3.apply_to_environment()
+    out = cfg.output
+    with ray_session(cfg.ray) as ray:
+        done = completed_ids(out) if cfg.resume else set()
+        if not cfg.resume:
+            storage.delete_dir(storage.join(out, "tasks"))
+        t0 = time.perf_counter()
+        ds = sources.read_pairs(cfg.source)
+        if done:
+            done_ref = ray.put(done)
+            ds = ds.filter(lambda row: row[ID] not in ray.get(done_ref), num_cpus=engine.SIDE_STAGE_CPUS)
+        ds = ds.map_batches(write_images(out), batch_format="pyarrow", num_cpus=engine.SIDE_STAGE_CPUS)
+        ds = synthesizer_stage(cfg)(ds)
+        if cfg.judge is not None:
+            ds = judge_stage(cfg)(ds)
+        else:
+            ds = ds.map(lambda row: records.pack(finish_row(records.unpack(row), cfg.mode, None, judged=False)),
+                        num_cpus=engine.SIDE_STAGE_CPUS)
+        ds = ds.map_batches(to_task_table, batch_format="pyarrow", num_cpus=engine.SIDE_STAGE_CPUS)
+        fs, path = storage.filesystem(storage.join(out, "tasks"))
+        ds.write_parquet(path, filesystem=fs)  # file names carry a per-run write id: runs never overwrite
+        wall = time.perf_counter() - t0
+    summary = finalize(cfg, wall, done)
+    print_summary(summary)
+    return summary
+
