@@ -11,7 +11,11 @@ from pathlib import Path
 BENCHMARKS = {
     "read": "adamllm_ray.sources:bench_read",
     "method": "adamllm_ray.synthesis.bench:bench_method",
+    "synthesis": "adamllm_ray.synthesis.bench_pipeline:bench_synthesis",
     "score": "adamllm_ray.evaluation.bench:bench_score",
+    "serve": "adamllm_ray.serving.bench:bench_serve",
+    "evaluate": "adamllm_ray.evaluation.bench_run:bench_evaluate",
+    "train": "adamllm_ray.training.bench:bench_train",
 }
 
 

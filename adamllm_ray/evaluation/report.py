@@ -49,7 +49,7 @@ def markdown(metrics: dict) -> str:
             guessed = r["counts"].get("guessed", "-")
             lines.append(f"| {m} | {TASKS[task].title} | {r['examples']} | {r['n']} | {r['errors']} | {guessed} |")
     c = metrics["counts"]
-    lines += ["", f"Total: {c['examples']} examples per model set, {c['predictions']} predictions, "
+    lines += ["", f"All models and tasks: {c['examples']} examples, {c['predictions']} predictions, "
               f"{c['errors']} errors.", ""]
     return "\n".join(lines)
 

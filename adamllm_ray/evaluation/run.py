@@ -107,10 +107,10 @@ def read_stage(plans: list[TaskPlan], limits):
 
 def inference_stage(model: EvalModelConfig, plans: list[TaskPlan]):
     family = eval_family(model.family)
+    # The answer ends with the assistant turn, whether or not the model's generation config lists its
+    # end-of-turn token as an end of sequence; the stop string itself is not part of the prediction.
     stop = list(model.sampling.stop or stop_strings(family))
-    # Evaluation texts are plain answers: special tokens are never part of a prediction.
-    params = {p.task: engine.sampling_params(model, max_tokens=p.max_new_tokens, stop=stop, skip_special_tokens=True)
-              for p in plans}
+    params = {p.task: engine.sampling_params(model, max_tokens=p.max_new_tokens, stop=stop) for p in plans}
 
     def pre(row: dict) -> dict:
         ok = row[records.ERROR] is None

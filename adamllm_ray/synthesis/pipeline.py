@@ -60,9 +60,16 @@ def _noop_image():
     return Image.new("RGB", (28, 28))
 
 
+def synthesis_sampling(cfg, family) -> dict:
+    """SPEC §1: greedy, special tokens kept, stop at the family's end-of-text only. The model's own
+    end-of-sequence tokens are ignored: chat models list their end-of-turn token among them, which
+    would end the conversation after the first synthesized question."""
+    return engine.sampling_params(cfg, stop=list(cfg.sampling.stop or family.stop), ignore_eos=True)
+
+
 def synthesizer_stage(cfg: SynthesisConfig):
     family = get_family(cfg.family)
-    params = engine.sampling_params(cfg.synthesizer, stop=list(cfg.synthesizer.sampling.stop or family.stop))
+    params = synthesis_sampling(cfg.synthesizer, family)
     noop = {**params, "max_tokens": NOOP_TOKENS}
 
     def pre(row: dict) -> dict:
@@ -108,6 +115,15 @@ def judge_stage(cfg: SynthesisConfig):
         return records.pack({**finish_row(base, cfg.mode, text, judged=True), "judge_output": text})
 
     return engine.build_processor(cfg.judge, pre, post, multimodal=False)
+
+
+def method_stages(cfg: SynthesisConfig, ds):
+    """Synthesize, parse + pair, judge (when configured), compose: source rows in, task rows out."""
+    ds = synthesizer_stage(cfg)(ds)
+    if cfg.judge is not None:
+        return judge_stage(cfg)(ds)
+    return ds.map(lambda row: records.pack(finish_row(records.unpack(row), cfg.mode, None, judged=False)),
+                  num_cpus=engine.SIDE_STAGE_CPUS)
 
 
 def to_task_table(batch):
@@ -239,12 +255,7 @@ def run(cfg: SynthesisConfig) -> dict:
             done_ref = ray.put(done)
             ds = ds.filter(lambda row: row[ID] not in ray.get(done_ref), num_cpus=engine.SIDE_STAGE_CPUS)
         ds = ds.map_batches(write_images(out), batch_format="pyarrow", num_cpus=engine.SIDE_STAGE_CPUS)
-        ds = synthesizer_stage(cfg)(ds)
-        if cfg.judge is not None:
-            ds = judge_stage(cfg)(ds)
-        else:
-            ds = ds.map(lambda row: records.pack(finish_row(records.unpack(row), cfg.mode, None, judged=False)),
-                        num_cpus=engine.SIDE_STAGE_CPUS)
+        ds = method_stages(cfg, ds)
         ds = ds.map_batches(to_task_table, batch_format="pyarrow", num_cpus=engine.SIDE_STAGE_CPUS)
         fs, path = storage.filesystem(storage.join(out, "tasks"))
         ds.write_parquet(path, filesystem=fs)  # file names carry a per-run write id: runs never overwrite

@@ -259,8 +259,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             Path(out, STATE_FILE).write_text(state.to_json())
             shutil.copytree(hf_dir, Path(out, HF_DIR))
         last = state.history[-1] if state.history else {}
-        metrics = {"step": state.step, "loss": last.get("loss"), "examples": state.examples, "tokens": state.tokens,
-                   "skipped": state.skipped, "truncated": state.truncated, "history": state.history,
+        metrics = {"step": state.step, "loss": last.get("loss"), "lr": last.get("lr"), "examples": state.examples,
+                   "tokens": state.tokens, "skipped": state.skipped, "truncated": state.truncated,
                    "started_from_step": state.started_from_step, "next_position": state.next_position}
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(out),
                          checkpoint_dir_name=f"checkpoint_{state.step:08d}{suffix}")

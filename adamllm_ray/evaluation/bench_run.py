@@ -1,0 +1,113 @@
+"""`adamllm bench evaluate`: the evaluation stream against bare vLLM, side by side in one run.
+
+- reading: examples/s of the benchmark reader in one process (files -> checked examples with
+  validated images and prompt texts), over all eight tasks' layouts. Target >= 1,000/s.
+- efficiency: steady rows/s of the evaluate stream (read -> vLLM pool -> predictions, first output row
+  to last) over rows/s of bare `vllm.LLM.generate` of the same tiny model on the same prompts and
+  images (engine start excluded on both sides; every row generates exactly the same number of
+  tokens). Target >= 0.5, as for synthesis.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from adamllm_ray import tiny
+from adamllm_ray.config import EvaluateConfig, validate
+from adamllm_ray.evaluation import benchmark, run
+from adamllm_ray.evaluation.make_benchmark import TASK_NAMES, write_benchmark
+
+TOKENS = 32
+READ_TARGET = 1000
+EFFICIENCY_TARGET = 0.5
+
+BARE = r'''
+import json, sys, time
+from vllm import LLM, SamplingParams
+from adamllm_ray import images
+from adamllm_ray.config import EvaluateConfig, validate
+from adamllm_ray.evaluation import benchmark
+from adamllm_ray.evaluation.prompts import evaluation_prompt
+cfg = validate(EvaluateConfig, json.loads(sys.argv[1]))
+tokens = int(sys.argv[2])
+prompts = []
+for t in cfg.tasks:
+    for r in benchmark.iter_examples(benchmark.plan_task(t)):
+        prompts.append({"prompt": evaluation_prompt("qwen2_vl", r["prompt_text"]),
+                        "multi_modal_data": {"image": images.to_pil(r["image"])}})
+m = cfg.models[0]
+llm = LLM(m.model, dtype="float32", max_model_len=m.max_model_len, enforce_eager=True, limit_mm_per_prompt={"image": 1})
+params = SamplingParams(temperature=0, max_tokens=tokens, min_tokens=tokens, skip_special_tokens=False,
+                        stop=["<|im_end|>", "<|endoftext|>"])
+llm.generate(prompts[:64], params, use_tqdm=False)
+t0 = time.perf_counter()
+out = llm.generate(prompts, params, use_tqdm=False)
+print("BARE", json.dumps({"rows": len(out), "seconds": time.perf_counter() - t0}))
+'''
+
+
+def _config(tmp: Path) -> dict:
+    return {"output": str(tmp / "out"),
+            "models": [{"name": "tiny", "model": str(tmp / "model"), "dtype": "float32", "batch_size": 64,
+                        "max_concurrent_batches": 8, "max_model_len": 1024,
+                        "sampling": {"min_tokens": TOKENS}}],
+            "tasks": [{"name": t, "data": str(tmp / "bench" / t), "max_new_tokens": TOKENS} for t in TASK_NAMES]}
+
+
+def stream_rate(cfg: EvaluateConfig) -> tuple[float, int]:
+    """Steady rows/s of the evaluate stream of the first model over every task, and rows seen."""
+    plans = [benchmark.plan_task(t) for t in cfg.tasks]
+    model = cfg.models[0]
+    ds = run.inference_stage(model, plans)(run.read_stage(plans, cfg.images))
+    times = []
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        times.extend([time.perf_counter()] * batch.num_rows)
+    rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
+    return rate, len(times)
+
+
+def bench_evaluate(rows: int) -> dict:
+    import ray
+
+    per_task = max(rows // len(TASK_NAMES), 16)
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        tiny.build("qwen2_vl", tmp / "model")
+        write_benchmark(str(tmp / "bench"), n=per_task, seed=3)
+        data = _config(tmp)
+        cfg = validate(EvaluateConfig, data)
+
+        t0 = time.perf_counter()
+        read = sum(1 for t in cfg.tasks for _ in benchmark.iter_examples(benchmark.plan_task(t)))
+        read_rate = read / (time.perf_counter() - t0)
+
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CACHE_ROOT": str(tmp / "vllm")}
+        r = subprocess.run([sys.executable, "-c", BARE, json.dumps(data), str(TOKENS)], capture_output=True,
+                           text=True, env=env, timeout=3600)
+        line = next((x for x in r.stdout.splitlines() if x.startswith("BARE ")), None)
+        if line is None:
+            raise RuntimeError(f"bare vLLM run failed:\n{r.stderr[-3000:]}")
+        bare = json.loads(line[5:])
+        bare_rate = bare["rows"] / bare["seconds"]
+
+        os.environ.update(VLLM_CPU_KVCACHE_SPACE="1", VLLM_CACHE_ROOT=str(tmp / "vllm"))
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+        try:
+            ray.data.DataContext.get_current().enable_progress_bars = False
+            rate, seen = stream_rate(cfg)
+        finally:
+            ray.shutdown()
+    return {
+        "examples": read, "tasks": len(TASK_NAMES), "output_tokens_per_row": TOKENS,
+        "read_examples_per_s_one_process": round(read_rate, 1), "read_target_per_s": READ_TARGET,
+        "read_over_target": round(read_rate / READ_TARGET, 2),
+        "bare_vllm_rows_per_s": round(bare_rate, 1), "evaluate_stream_rows_per_s": round(rate, 1),
+        "stream_rows": seen, "efficiency_stream_over_bare": round(rate / bare_rate, 3),
+        "efficiency_target": EFFICIENCY_TARGET,
+    }

@@ -1,0 +1,158 @@
+"""`adamllm bench synthesis`: the synthesis job against bare vLLM, side by side in one run.
+
+- efficiency: steady rows/s of the pipeline (judge off; first output row to last) over rows/s of bare
+  `vllm.LLM.generate` of the same synthesizer on the same prompts and images (engine start excluded
+  on both sides; every row generates exactly the same number of tokens). Target >= 0.5.
+- the judge's added cost: wall time of the whole job (engine starts included) with the judge on over
+  the same with it off (the judge's engine starts late, so its output rows come in bursts and a
+  first-to-last rate would flatter it).
+- the method on one core (parse + pair + compose): `adamllm bench method`'s figures.
+- streaming: peak memory (RSS of the whole process tree: driver, Ray, engines) at 10x the rows over
+  the peak at 1x. Target <= 1.2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from adamllm_ray import sample_data, sources, tiny
+from adamllm_ray.config import SynthesisConfig, validate
+
+TOKENS = 32
+
+
+class PeakMemory:
+    """Peak summed RSS of this process and all its descendants, sampled every 0.2 s."""
+
+    def __init__(self):
+        import psutil
+
+        self.proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import psutil
+
+        while not self._stop.is_set():
+            total = 0
+            for p in [self.proc, *self.proc.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(0.2)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def _config(tmp: Path, src: str, judge: bool) -> SynthesisConfig:
+    engine = {"dtype": "float32", "batch_size": 64, "max_concurrent_batches": 8, "max_model_len": 1024,
+              "sampling": {"max_tokens": TOKENS, "min_tokens": TOKENS}}
+    return validate(SynthesisConfig, {
+        "source": {"format": "parquet", "path": src}, "output": str(tmp / "unused"), "family": "qwen2_vl",
+        "synthesizer": {"model": str(tmp / "synthesizer"), **engine},
+        "judge": {"model": str(tmp / "judge"), **engine, "sampling": {"max_tokens": 2, "min_tokens": 2}}
+        if judge else None})
+
+
+def steady_rate(times: list[float]) -> float:
+    """Rows/s from the first output row to the last."""
+    return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
+
+
+def pipeline_rate(cfg: SynthesisConfig) -> tuple[float, float, int]:
+    """Steady rows/s of the synthesis stages (read, synthesize, parse, [judge,] compose), wall seconds
+    of the whole run, and peak memory."""
+    import ray
+
+    from adamllm_ray.synthesis import pipeline
+
+    ds = pipeline.method_stages(cfg, sources.read_pairs(cfg.source))
+    times = []
+    start = time.perf_counter()
+    with PeakMemory() as mem:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            now = time.perf_counter()
+            times.extend([now] * batch.num_rows)
+    assert ray.is_initialized()
+    return steady_rate(times), times[-1] - start, mem.peak
+
+
+BARE = r'''
+import json, sys, time, io
+from PIL import Image
+import pyarrow.parquet as pq
+from vllm import LLM, SamplingParams
+from adamllm_ray.families import get_family
+model, src, tokens = sys.argv[1], sys.argv[2], int(sys.argv[3])
+t = pq.read_table(src)
+fam = get_family("qwen2_vl")
+prompts = [{"prompt": fam.synthesis_prompt(c), "multi_modal_data": {"image": Image.open(io.BytesIO(b)).convert("RGB")}}
+           for c, b in zip(t.column("caption").to_pylist(), t.column("image").to_pylist())]
+llm = LLM(model, dtype="float32", max_model_len=1024, enforce_eager=True, limit_mm_per_prompt={"image": 1})
+params = SamplingParams(temperature=0, max_tokens=tokens, min_tokens=tokens, skip_special_tokens=False)
+llm.generate(prompts[:64], params, use_tqdm=False)
+t0 = time.perf_counter()
+out = llm.generate(prompts, params, use_tqdm=False)
+print("BARE", json.dumps({"rows": len(out), "seconds": time.perf_counter() - t0}))
+'''
+
+
+def bench_synthesis(rows: int) -> dict:
+    import ray
+
+    from adamllm_ray.synthesis.bench import bench_method
+
+    rows = max(rows, 100)
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        tiny.build("qwen2_vl", tmp / "synthesizer")
+        tiny.build("text", tmp / "judge")
+        pairs = sample_data.make_pairs(rows, seed=2, broken=False)
+        sample_data.write_parquet(pairs, tmp / "big", shards=50)
+        sample_data.write_parquet(pairs[: rows // 10], tmp / "small", shards=5)
+        sample_data.write_parquet(pairs, tmp / "one", shards=1)
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CACHE_ROOT": str(tmp / "vllm")}
+        r = subprocess.run([sys.executable, "-c", BARE, str(tmp / "synthesizer"), str(tmp / "one" / "part-00000.parquet"),
+                            str(TOKENS)], capture_output=True, text=True, env=env, timeout=3600)
+        line = next((x for x in r.stdout.splitlines() if x.startswith("BARE ")), None)
+        if line is None:
+            raise RuntimeError(f"bare vLLM run failed:\n{r.stderr[-3000:]}")
+        bare = json.loads(line[5:])
+        bare_rate = bare["rows"] / bare["seconds"]
+        os.environ.update(VLLM_CPU_KVCACHE_SPACE="1", VLLM_CACHE_ROOT=str(tmp / "vllm"))
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+        try:
+            ray.data.DataContext.get_current().enable_progress_bars = False
+            _, _, small_peak = pipeline_rate(_config(tmp, str(tmp / "small"), judge=False))
+            rate, wall, peak = pipeline_rate(_config(tmp, str(tmp / "big"), judge=False))
+            _, judge_wall, _ = pipeline_rate(_config(tmp, str(tmp / "big"), judge=True))
+        finally:
+            ray.shutdown()
+    method = bench_method(min(rows, 10000), repeats=1)
+    return {
+        "rows": rows, "output_tokens_per_row": TOKENS,
+        "bare_vllm_rows_per_s": round(bare_rate, 1),
+        "pipeline_rows_per_s": round(rate, 1),
+        "efficiency_pipeline_over_bare": round(rate / bare_rate, 3), "efficiency_target": 0.5,
+        "job_wall_s_judge_off": round(wall, 1), "job_wall_s_judge_on": round(judge_wall, 1),
+        "judge_cost_wall_on_over_off": round(judge_wall / wall, 3),
+        "method_rows_per_s_one_core": {f: method[f]["parse_pair_compose_rows_per_s"] for f in method if f != "target_rows_per_s"},
+        "method_target_rows_per_s": method["target_rows_per_s"],
+        "peak_memory_gib_at_1x": round(small_peak / 2**30, 2), "peak_memory_gib_at_10x": round(peak / 2**30, 2),
+        "memory_10x_over_1x": round(peak / small_peak, 3), "memory_target": 1.2,
+    }
