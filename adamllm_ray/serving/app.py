@@ -512,21 +512,26 @@ def serving(cfg: ServeConfig, port: int | None = None):
 
 
 def run_until_interrupted(cfg: ServeConfig) -> None:
-    """`adamllm serve`: start, say where, block until Ctrl-C or SIGTERM, shut down cleanly."""
+    """`adamllm serve`: start, say where, block until Ctrl-C or SIGTERM (also during start-up), shut
+    down cleanly."""
     import signal
 
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)  # also when started in the background, where SIGINT is ignored
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         base_url = start(cfg)
-        stop = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
         models = ", ".join(ep.name for ep in cfg.endpoints().values())
         print(f"adamllm serve: {base_url}  (models: {models})\n"
               f"  POST /v1/synthesize  POST /v1/evaluate  GET /healthz\n"
               f"  POST /v1/chat/completions  POST /v1/completions  GET /v1/models\n"
               f"  Ctrl-C to stop", flush=True)
-        while not stop.wait(1.0):
-            pass
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
         print("adamllm serve: shutting down", flush=True)
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
         shutdown()
