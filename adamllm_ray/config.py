@@ -202,8 +202,9 @@ class TrainDataConfig(Section):
     seed: int = 0
     limit: int | None = None  # use at most this many entries (smoke runs)
     images: ImageLimits = ImageLimits()
-    map_batch_size: int = 16  # examples per Ray Data task batch (image loading + tokenization)
-    map_num_cpus: float = 0.5  # logical CPUs per Ray Data task
+    map_batch_size: int = 16  # examples per batch of the Ray Data stage that loads images and tokenizes
+    map_concurrency: int | tuple[int, int] = 2  # actors of that stage, or [min, max] to autoscale
+    map_num_cpus: float = 0.5  # logical CPUs per actor
 
 
 class TrainScalingConfig(Section):

@@ -160,13 +160,14 @@ REFERENCE_SCRIPT = textwrap.dedent("""
     from adamllm_ray import engine, images
     from adamllm_ray.config import load_config, ServeConfig
     from adamllm_ray.families import get_family
+    from adamllm_ray.synthesis.pipeline import synthesis_sampling
 
     if __name__ == "__main__":
         cfg_path, overrides, image_path, caption = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
         ep = load_config(ServeConfig, cfg_path, overrides).synthesizer
         family = get_family("qwen2_vl")
         llm = LLM(model=ep.model, **engine.engine_kwargs(ep, multimodal=True))
-        params = SamplingParams(**engine.sampling_params(ep, stop=list(ep.sampling.stop or family.stop)))
+        params = SamplingParams(**synthesis_sampling(ep, family))
         image = images.to_pil(open(image_path, "rb").read())
         out = llm.generate({"prompt": family.synthesis_prompt(caption), "multi_modal_data": {"image": image}}, params)
         print("REFERENCE " + json.dumps({"raw_output": out[0].outputs[0].text}))
@@ -174,8 +175,8 @@ REFERENCE_SCRIPT = textwrap.dedent("""
 
 
 def teach_synthesizer(src: str, out: str, image: bytes, seed: int = 0) -> str:
-    """The tiny Qwen2-VL overfit on one seed conversation, its end of text made the model's EOS (the
-    family's stop), so greedy decoding writes the taught hinted turns."""
+    """The tiny Qwen2-VL overfit on one seed conversation, so greedy decoding writes the taught hinted
+    turns (up to the family's end of text, the synthesizer's only stop)."""
     import torch
     from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
@@ -199,9 +200,7 @@ def teach_synthesizer(src: str, out: str, image: bytes, seed: int = 0) -> str:
         opt.step()
         if loss.item() < 0.01:
             break
-    model.generation_config.eos_token_id = processor.tokenizer.convert_tokens_to_ids(family.end_of_text)
     model.save_pretrained(out)
-    processor.tokenizer.eos_token = family.end_of_text
     processor.save_pretrained(out)
     return out
 
@@ -421,6 +420,8 @@ def test_bad_requests_get_4xx_naming_the_field(service, sample_image):
         ("/v1/synthesize", {**good, "image": b64(big)}, 413, "image: image too large: 600x600"),
         ("/v1/synthesize", {**good, "caption": ""}, 400, "caption: empty"),
         ("/v1/synthesize", {**good, "caption": None}, 400, "caption: missing"),
+        ("/v1/synthesize", {**good, "caption": "rice " * 3000}, 400,  # over max_model_len 2048
+         "caption: model 'synthesizer' refused the prompt"),
         ("/v1/evaluate", {"task": "vqa", "image": b64(image), "question": "q"}, 400, "task: unknown task 'vqa'"),
         ("/v1/evaluate", {"task": "vqa_rad", "image": b64(image), "question": "q", "label": "yes"}, 400,
          "answer_type: missing field 'answer_type'"),

@@ -41,19 +41,18 @@ from adamllm_ray import engine, images
 from adamllm_ray.config import IngressConfig, ModelEndpointConfig, ServeConfig, dump_config, load_config
 from adamllm_ray.evaluation.tasks import get_task
 from adamllm_ray.families import get_family
-from adamllm_ray.records import CAPTION, CAPTION_PROMPT, ERROR, ID, IMAGE, IMAGE_PATH, MESSAGES, RAW_OUTPUT, \
-    RESPONSE, TRIPLET, VERDICT, QA_PAIRS
+from adamllm_ray.records import (CAPTION, CAPTION_PROMPT, ERROR, ID, IMAGE, IMAGE_PATH, MESSAGES, QA_PAIRS,
+                                 RAW_OUTPUT, RESPONSE, TRIPLET, VERDICT)
 from adamllm_ray.serving.requests import RequestError, parse_evaluate, parse_synthesize, read_body
 from adamllm_ray.synthesis.filter import load_judge_prompt
-from adamllm_ray.synthesis.pipeline import image_name
+from adamllm_ray.synthesis.pipeline import image_name, synthesis_sampling
 from adamllm_ray.synthesis.stages import finish_row, judge_prompt_of, parse_row
 
 APP_NAME = "adamllm"
 INGRESS_NAME = "TaskIngress"
 ROUTES = ("/v1/synthesize", "/v1/evaluate", "/v1/chat/completions", "/v1/completions", "/v1/models", "/healthz")
 LATENCY_BOUNDARIES_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000]
-ENV_FOR_ENGINES = ("VLLM_CACHE_ROOT", "HF_HUB_OFFLINE", "HF_TOKEN", "AWS_ENDPOINT_URL", "AWS_REGION",
-                   "TOKENIZERS_PARALLELISM")
+ENV_FOR_ENGINES = ("VLLM_CACHE_ROOT", "HF_HUB_OFFLINE", "AWS_ENDPOINT_URL", "AWS_REGION", "TOKENIZERS_PARALLELISM")
 
 
 # ---------------------------------------------------------------- model deployments
@@ -66,6 +65,7 @@ class RawPromptServer(LLMServer):
 
     async def generate_raw(self, prompt: str, image: bytes | None, sampling: dict[str, Any]) -> dict[str, Any]:
         from vllm import SamplingParams
+        from vllm.exceptions import VLLMClientError
 
         inputs: dict[str, Any] = {"prompt": prompt}
         if image is not None:
@@ -75,7 +75,7 @@ class RawPromptServer(LLMServer):
             async for final in self.engine._engine_client.generate(inputs, SamplingParams(**sampling),
                                                                    uuid.uuid4().hex):
                 pass
-        except ValueError as err:  # vLLM refuses the input itself (too long for the model, ...)
+        except (VLLMClientError, ValueError) as err:  # vLLM refuses the input (too long for the model, ...)
             return {"refused": str(err)}
         out = final.outputs[0]
         return {"text": out.text, "finish_reason": out.finish_reason, "output_tokens": len(out.token_ids),
@@ -136,7 +136,6 @@ class Guard:
         self.api_key_env = api_key_env
         self.max_request_bytes = max_request_bytes
         self.metrics = None
-        self.counts: dict[str, int] = {}
 
     def key(self) -> str | None:
         return self.api_key or (os.environ.get(self.api_key_env) if self.api_key_env else None) or None
@@ -177,7 +176,6 @@ class Guard:
             code = str(status["code"])
             counter.inc(tags={"route": route, "status": code})
             histogram.observe((time.perf_counter() - t0) * 1000, tags={"route": route})
-            self.counts[f"{route} {code}"] = self.counts.get(f"{route} {code}", 0) + 1
 
     async def _check(self, scope, receive):
         """(refusal response or None, the receive channel to pass on)."""
@@ -273,10 +271,9 @@ class TaskIngress(OpenAiIngress):
 
     async def _synthesize(self, req) -> dict[str, Any]:
         family = get_family(req.family)
-        ep = self.cfg.synthesizer
         row = {ID: req.id, IMAGE: req.image, IMAGE_PATH: image_name(req.id, req.image), CAPTION: req.caption,
                CAPTION_PROMPT: req.caption_prompt, ERROR: None}
-        params = engine.sampling_params(ep, stop=list(ep.sampling.stop or family.stop))
+        params = synthesis_sampling(self.cfg.synthesizer, family)
         out = await self._generate("synthesizer", family.synthesis_prompt(req.caption), req.image, params,
                                    field="caption")
         row = parse_row({**row, RAW_OUTPUT: out["text"]}, family)
@@ -419,21 +416,27 @@ def build_app(args: dict[str, Any]):
 _started_ray = False
 
 
-def start(cfg: ServeConfig, port: int | None = None, timeout_s: float = 900.0) -> str:
-    """Deploy the application and return its base URL once /healthz answers. Joins an initialised
-    Ray (tests, the demo); otherwise starts one as `cfg.ray` says (local: a private instance with at
-    least 4 logical CPUs). Raises with the deployments' states if it is not up within `timeout_s`."""
+def connect_ray(cfg: ServeConfig) -> None:
+    """Join an initialised Ray, else start or join one as `cfg.ray` says (local: a private instance with
+    at least 4 logical CPUs, which Serve's ingress needs beside the engines)."""
     global _started_ray
     import ray
 
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS") or cfg.ray.address
-        if address == "local":
-            ray.init(address="local", num_cpus=cfg.ray.num_cpus or max(4, os.cpu_count() or 1),
-                     include_dashboard=False)
-        else:
-            ray.init(address=address)
-        _started_ray = True
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS") or cfg.ray.address
+    if address == "local":
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False)
+    else:
+        ray.init(address=address)
+    _started_ray = True
+
+
+def start(cfg: ServeConfig, port: int | None = None, timeout_s: float = 900.0) -> str:
+    """Deploy the application and return its base URL once every deployment runs and /healthz answers.
+    Joins an initialised Ray (tests, the demo), else `connect_ray`. Raises with the deployments' states
+    if it is not up within `timeout_s`."""
+    connect_ray(cfg)
     port = cfg.ingress.port if port is None else port
     target = application(cfg)
     serve.start(http_options={"host": cfg.ingress.host, "port": port,
@@ -519,9 +522,10 @@ def run_until_interrupted(cfg: ServeConfig) -> None:
     def interrupt(*_):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, interrupt)  # also when started in the background, where SIGINT is ignored
-    signal.signal(signal.SIGTERM, interrupt)
     try:
+        connect_ray(cfg)  # first: ray.init installs its own SIGTERM handler, which aborts the process
+        signal.signal(signal.SIGINT, interrupt)  # also when started in the background, where SIGINT is ignored
+        signal.signal(signal.SIGTERM, interrupt)
         base_url = start(cfg)
         models = ", ".join(ep.name for ep in cfg.endpoints().values())
         print(f"adamllm serve: {base_url}  (models: {models})\n"

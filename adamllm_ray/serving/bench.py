@@ -18,10 +18,12 @@ import io
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 CONCURRENCY = 16
 CAPTION = "A bowl of rice with vegetables on a wooden table"
 QUESTION = "What food is in the bowl?"
+TINY_CONFIG = Path(__file__).resolve().parents[2] / "jobs" / "serve" / "tiny_cpu.yaml"
 
 
 def _p50_ms(seconds: list[float]) -> float:
@@ -46,21 +48,21 @@ def bench_serve(rows: int) -> dict:
     import httpx
     from ray import serve
 
-    from adamllm_ray import engine
     from adamllm_ray.config import ServeConfig, load_config
     from adamllm_ray.families import get_family
     from adamllm_ray.serving import app
+    from adamllm_ray.synthesis.pipeline import synthesis_sampling
 
     n = max(8, min(rows, 64))
     tmp = tempfile.mkdtemp(prefix="adamllm-bench-serve-")
-    cfg = load_config(ServeConfig, "jobs/serve/tiny_cpu.yaml", [
+    cfg = load_config(ServeConfig, TINY_CONFIG, [
         f"synthesizer.model={tmp}/synthesizer", "judge=null", "ingress.api_key=null", "ingress.api_key_env=null",
         "ingress.max_ongoing_requests=32", "ingress.max_queued_requests=256",
     ])
     image = _image()
     image_b64 = base64.b64encode(image).decode()
     family = get_family(cfg.family)
-    params = engine.sampling_params(cfg.synthesizer, stop=list(cfg.synthesizer.sampling.stop or family.stop))
+    params = synthesis_sampling(cfg.synthesizer, family)
     chat_body = {"model": "synthesizer", "temperature": 0.0, "max_tokens": 32, "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/png;base64," + image_b64}},
         {"type": "text", "text": QUESTION}]}]}

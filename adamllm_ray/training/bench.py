@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 WARMUP_STEPS = 3  # the first steps include Ray Data's start and the first tokenization
+REPEATS = 2
 
 
 def _steady(history: list[dict]) -> dict:
@@ -27,7 +28,7 @@ def bench_train(rows: int) -> dict:
     from adamllm_ray.training import trainer
     from adamllm_ray.training.sample import write_training_set
 
-    rows = max(64, min(rows, 640))  # examples per run; the run is one pass over them
+    rows = max(64, min(rows, 640))  # examples per run (one pass); 6 runs in all
     workers, global_batch = 2, 8
     started = not ray.is_initialized()
     if started:
@@ -37,17 +38,22 @@ def bench_train(rows: int) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             model = tiny.build("qwen2_vl", Path(tmp, "model"))
             train_json = write_training_set(Path(tmp, "data"), rows, seed=1)
-            runs = {}
-            for name, stage, in_memory in (("stream_zero2", 2, False), ("memory_zero2", 2, True),
-                                           ("stream_zero3", 3, False)):
-                cfg = TrainConfig.model_validate({
-                    "model": model, "family": "qwen2_vl", "output": str(Path(tmp, "runs")), "name": name,
-                    "data": {"path": train_json, "max_length": 1024, "shuffle": False},
-                    "scaling": {"num_workers": workers, "cpus_per_worker": 1}, "zero_stage": stage,
-                    "precision": "fp32", "global_batch_size": global_batch, "micro_batch_size": 2,
-                    "optim": {"lr": 1e-4}, "checkpoint": {"every_steps": 10**6}, "export": False,
-                })
-                runs[name] = _steady(trainer.run(cfg, in_memory=in_memory)["history"])
+            runs: dict[str, dict] = {}
+            # Modes alternate and each runs twice; the faster run of a mode counts (the machine is shared).
+            for repeat in range(REPEATS):
+                for name, stage, in_memory in (("memory_zero2", 2, True), ("stream_zero2", 2, False),
+                                               ("stream_zero3", 3, False)):
+                    cfg = TrainConfig.model_validate({
+                        "model": model, "family": "qwen2_vl", "output": str(Path(tmp, "runs")),
+                        "name": f"{name}-{repeat}",
+                        "data": {"path": train_json, "max_length": 1024, "shuffle": False},
+                        "scaling": {"num_workers": workers, "cpus_per_worker": 1}, "zero_stage": stage,
+                        "precision": "fp32", "global_batch_size": global_batch, "micro_batch_size": 2,
+                        "optim": {"lr": 1e-4}, "checkpoint": {"every_steps": 10**6}, "export": False,
+                    })
+                    result = _steady(trainer.run(cfg, in_memory=in_memory)["history"])
+                    if name not in runs or result["median_step_s"] < runs[name]["median_step_s"]:
+                        runs[name] = result
     finally:
         if started:
             ray.shutdown()

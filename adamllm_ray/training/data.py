@@ -294,12 +294,38 @@ def encode_example(messages: list[dict], pil_images: list, processor, family: Tr
 _PROCESSORS: dict[str, Any] = {}
 
 
+def local_model(model: str) -> str:
+    """A folder or hub id transformers can load: an s3:// prefix is downloaded once per node into
+    a cache folder (each process that needs it calls this; the first finished copy wins)."""
+    if not storage.is_s3(model):
+        return model
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    dest = Path(tempfile.gettempdir(), "adamllm-models", model[len("s3://"):].strip("/").replace("/", "_"))
+    if (dest / "config.json").exists():
+        return str(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".download-"))
+    for uri in storage.list_files(model):
+        target = tmp / storage.relative(uri, model)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(storage.read_bytes(uri))
+    try:
+        os.replace(tmp, dest)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(dest)
+
+
 def load_processor(model: str):
     """The model's processor, once per process (Ray Data reuses its worker processes)."""
     if model not in _PROCESSORS:
         from transformers import AutoProcessor
 
-        _PROCESSORS[model] = AutoProcessor.from_pretrained(model)
+        _PROCESSORS[model] = AutoProcessor.from_pretrained(local_model(model))
     return _PROCESSORS[model]
 
 
@@ -336,6 +362,8 @@ def encode_rows(rows: list[dict], model: str, family: str, max_length: int, synt
                        tensors=pickle.dumps(enc["tensors"], protocol=5))
         except SkipExample as err:
             row.update(skip=err.kind, skip_message=f"example {ex['id']}: {err.message}")
+        except Exception as err:  # one example the processor cannot take must not stop the run
+            row.update(skip="encode_error", skip_message=f"example {ex['id']}: {type(err).__name__}: {err}")
         out.append(row)
     return out
 
@@ -349,19 +377,29 @@ def _encoded_table(rows: list[dict]):
     return pa.Table.from_pylist(rows, schema=schema)
 
 
+class EncodeBatch:
+    """Ray Data actor: the processor is loaded once per actor, not once per task process."""
+
+    def __init__(self, model: str, family: str, max_length: int, synthesizer: bool, limits: ImageLimits):
+        self.args = dict(model=model, family=family, max_length=max_length, synthesizer=synthesizer, limits=limits)
+        load_processor(model)
+
+    def __call__(self, batch):
+        return _encoded_table(encode_rows(batch.to_pylist(), **self.args))
+
+
 def build_dataset(examples: list[dict], model: str, family: str, cfg: TrainDataConfig):
-    """The Ray Dataset the workers stream: light examples in, encoded rows out (in Ray Data tasks)."""
+    """The Ray Dataset the workers stream: light examples in, encoded rows out (in a pool of Ray
+    Data actors)."""
     import ray
-
-    args = dict(model=model, family=family, max_length=cfg.max_length, synthesizer=cfg.synthesizer_tuning,
-                limits=cfg.images)
-
-    def encode(batch):
-        return _encoded_table(encode_rows(batch.to_pylist(), **args))
 
     blocks = max(1, min(len(examples) // cfg.map_batch_size, 2000))
     ds = ray.data.from_items(examples, override_num_blocks=blocks)
-    return ds.map_batches(encode, batch_format="pyarrow", batch_size=cfg.map_batch_size, num_cpus=cfg.map_num_cpus)
+    return ds.map_batches(
+        EncodeBatch, fn_constructor_kwargs=dict(model=model, family=family, max_length=cfg.max_length,
+                                                synthesizer=cfg.synthesizer_tuning, limits=cfg.images),
+        batch_format="pyarrow", batch_size=cfg.map_batch_size, num_cpus=cfg.map_num_cpus,
+        concurrency=cfg.map_concurrency)
 
 
 # ---------------------------------------------------------------- batching (workers)

@@ -184,7 +184,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     cfg = TrainConfig.model_validate(loop_config["config"])
     total_steps = loop_config["total_steps"]
-    model_path = loop_config["model_path"]
+    model_path = data.local_model(cfg.model)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if not cfg.scaling.use_gpu:

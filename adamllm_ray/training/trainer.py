@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
-from pathlib import Path
 
 from adamllm_ray import storage
 from adamllm_ray.config import TrainConfig, dump_config
@@ -44,23 +42,6 @@ def check_resources(cfg: TrainConfig) -> None:
         raise TrainError(
             f"scaling asks for {n} worker(s) x {cfg.scaling.cpus_per_worker} CPU = {need_cpu} CPUs but the Ray "
             f"cluster has {have.get('CPU', 0):g}; lower scaling.num_workers or scaling.cpus_per_worker.")
-
-
-def local_model(model: str) -> str:
-    """A local folder for the model: s3:// prefixes are downloaded once to a cache folder; local
-    folders and hub ids pass through."""
-    if not storage.is_s3(model):
-        return os.path.abspath(model) if os.path.isdir(model) else model
-    dest = Path(tempfile.gettempdir(), "adamllm-models", model[len("s3://"):].strip("/").replace("/", "_"))
-    if not (dest / "config.json").exists():
-        tmp = Path(tempfile.mkdtemp(dir=dest.parent if dest.parent.exists() else None))
-        for uri in storage.list_files(model):
-            target = tmp / storage.relative(uri, model)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(storage.read_bytes(uri))
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, dest)
-    return str(dest)
 
 
 def read_state(checkpoint: str) -> TrainState:
@@ -98,6 +79,7 @@ def ingest_options():
 
 def run(cfg: TrainConfig, in_memory: bool = False) -> dict:
     """Train, export and summarise; returns the summary. Ray must be initialised (see `main`)."""
+    import ray
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -105,14 +87,14 @@ def run(cfg: TrainConfig, in_memory: bool = False) -> dict:
     check_resources(cfg)
     t0 = time.time()
     plan, examples, total_steps = prepare(cfg)
-    model_path = local_model(cfg.model)
-    dataset = data.build_dataset(examples, model_path, cfg.family, cfg.data)
+    model = os.path.abspath(cfg.model) if os.path.isdir(cfg.model) else cfg.model  # workers may run elsewhere
+    dataset = data.build_dataset(examples, model, cfg.family, cfg.data)
     fs, root = storage.filesystem(cfg.output)
     run_dir = storage.join(cfg.output, cfg.name)
     resources = {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": dump_config(cfg), "total_steps": total_steps, "model_path": model_path,
+        train_loop_config={"config": dump_config(cfg), "total_steps": total_steps,
                            "resume_from": cfg.resume_from, "in_memory": in_memory},
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
@@ -131,6 +113,9 @@ def run(cfg: TrainConfig, in_memory: bool = False) -> dict:
         raise TrainError("training ended without a checkpoint")
     checkpoint = ("s3://" if storage.is_s3(cfg.output) else "") + result.checkpoint.path
     state = read_state(checkpoint)
+    if state.step == 0:
+        raise TrainError(f"no training step could be taken: every example was skipped ({state.skipped or 'none'}; "
+                         f"skipped entries: {dict(plan.skipped) or 'none'}); e.g. {state.skip_messages[:3]}")
     summary = {
         "data": plan.summary(),
         "examples_skipped": state.skipped,
@@ -143,11 +128,12 @@ def run(cfg: TrainConfig, in_memory: bool = False) -> dict:
         "history": state.history, "checkpoint": checkpoint, "wall_s": round(time.time() - t0, 1),
         "config": dump_config(cfg),
     }
-    if cfg.export:
+    if cfg.export:  # in a Ray task: the merged weights need a node with memory for them, not the driver
         from adamllm_ray.training.export import export_checkpoint
 
         dtype = cfg.export_dtype if cfg.export_dtype != "auto" else ("bfloat16" if cfg.precision == "bf16" else "float32")
-        summary["model"] = export_checkpoint(checkpoint, storage.join(run_dir, "model"), dtype=dtype)
+        task = ray.remote(export_checkpoint).options(num_cpus=1, max_retries=0)
+        summary["model"] = ray.get(task.remote(checkpoint, storage.join(run_dir, "model"), dtype=dtype))
     storage.write_text_atomic(storage.join(run_dir, "summary.json"), json.dumps(summary, indent=1))
     return summary
 
