@@ -143,7 +143,7 @@ def bench_synthesis(rows: int) -> dict:
             _, judge_wall, _ = pipeline_rate(_config(tmp, str(tmp / "big"), judge=True))
         finally:
             ray.shutdown()
-    method = bench_method(min(rows, 10000), repeats=1)
+    method = bench_method(min(rows, 10000), repeats=3)
     return {
         "rows": rows, "output_tokens_per_row": TOKENS,
         "bare_vllm_rows_per_s": round(bare_rate, 1),
