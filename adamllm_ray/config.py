@@ -32,6 +32,14 @@ class ConfigError(ValueError):
 # ---------------------------------------------------------------- shared sections
 
 
+def check_range(name: str, v):
+    """A pool size: a positive int, or [min, max] to autoscale between."""
+    lo, hi = (v, v) if isinstance(v, int) else v
+    if lo < 1 or hi < lo:
+        raise ValueError(f"{name} must be a positive int or [min, max] with 1 <= min <= max")
+    return v
+
+
 class S3Config(Section):
     """S3 or an S3-compatible endpoint (MinIO, moto). Unset fields come from the usual AWS
     environment variables (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, ...)."""
@@ -91,10 +99,7 @@ class EngineConfig(Section):
     @field_validator("concurrency")
     @classmethod
     def _positive(cls, v):
-        lo, hi = (v, v) if isinstance(v, int) else v
-        if lo < 1 or hi < lo:
-            raise ValueError("concurrency must be a positive int or [min, max] with 1 <= min <= max")
-        return v
+        return check_range("concurrency", v)
 
 
 class RayConfig(Section):
@@ -154,10 +159,7 @@ class IngressConfig(Section):
     @field_validator("replicas")
     @classmethod
     def _replicas(cls, v):
-        lo, hi = (v, v) if isinstance(v, int) else v
-        if lo < 1 or hi < lo:
-            raise ValueError("replicas must be a positive int or [min, max] with 1 <= min <= max")
-        return v
+        return check_range("replicas", v)
 
 
 class ServeConfig(Section):

