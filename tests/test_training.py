@@ -259,6 +259,25 @@ def test_global_batch_must_split_over_workers():
     assert cfg.gradient_accumulation_steps == 4
 
 
+def test_unusable_training_sets_are_refused_before_any_worker_starts(tmp_path):
+    from adamllm_ray.training.trainer import TrainError, prepare
+
+    def cfg(path, **extra):
+        return TrainConfig.model_validate({"model": "m", "output": str(tmp_path / "o"), "data": {"path": str(path)},
+                                           "global_batch_size": 4, "micro_batch_size": 1, **extra})
+
+    with pytest.raises(TrainError, match="training set: no such file or folder"):
+        prepare(cfg(tmp_path / "nowhere.json"))
+    (tmp_path / "broken.json").write_text('[{"images": [')
+    with pytest.raises(TrainError, match="broken.json: not valid JSON"):
+        prepare(cfg(tmp_path / "broken.json"))
+    small = write_training_set(tmp_path / "small", 3)
+    with pytest.raises(TrainError, match="gives 3 examples, fewer than one global batch of 4"):
+        prepare(cfg(small))
+    plan, examples, total = prepare(cfg(small, epochs=3, max_steps=1))
+    assert (len(plan.examples), len(examples), total) == (9, 9, 1)
+
+
 # ---------------------------------------------------------------- with Ray
 
 

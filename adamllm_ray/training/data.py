@@ -56,10 +56,13 @@ def read_entries(cfg: TrainDataConfig) -> list[dict]:
     entries = []
     for uri in files:
         text = storage.read_bytes(uri).decode("utf-8")
-        if uri.endswith(".jsonl"):
-            data = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            data = json.loads(text)
+        try:
+            if uri.endswith(".jsonl"):
+                data = [json.loads(line) for line in text.splitlines() if line.strip()]
+            else:
+                data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{uri}: not valid JSON ({err})") from None
         if not isinstance(data, list):
             raise ValueError(f"{uri}: a ShareGPT training file must hold a JSON list of entries")
         image_dir = cfg.image_root or posixpath.dirname(uri)

@@ -13,6 +13,7 @@ copies every rank's files into one folder of the run's storage.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -170,6 +171,22 @@ def shard_rows(shard, batch_size: int):
         yield from batch.to_pylist()
 
 
+def start_rows(shard, batch_size: int, in_memory: bool):
+    """Start pulling the shard in a thread, so the data stage's actors start while the model loads.
+    Returns a future of the rows iterator (in memory: the whole shard as a list, for the benchmark)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows = shard_rows(shard, batch_size)
+
+    def first():
+        return list(rows) if in_memory else itertools.chain(list(itertools.islice(rows, 1)), rows)
+
+    pool = ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(first)
+    pool.shutdown(wait=False)
+    return future
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     import deepspeed
     import ray.train
@@ -193,6 +210,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     family = get_train_family(cfg.family)
     torch.manual_seed(cfg.data.seed)
 
+    # benchmark baseline (in_memory): the same examples, all encoded before the clock starts
+    rows = start_rows(ray.train.get_dataset_shard("train"), cfg.micro_batch_size, loop_config.get("in_memory", False))
     deepspeed.init_distributed()  # adopts Ray Train's process group, so ZeRO-3 loading sees every rank
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
     ds_config = deepspeed_config(cfg)
@@ -224,19 +243,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
     dist.all_gather_object(pids, os.getpid())
     state.worker_pids = pids
 
-    hf_dir = tempfile.mkdtemp(prefix="adamllm-hf-")
+    hf_dir = tempfile.mkdtemp(prefix="adamllm-hf-")  # config and processor files, copied into every checkpoint
     if rank == 0:
         engine.module.config.save_pretrained(hf_dir)
         processor.save_pretrained(hf_dir)
         if getattr(engine.module, "generation_config", None) is not None:
             engine.module.generation_config.save_pretrained(hf_dir)
 
-    shard = ray.train.get_dataset_shard("train")
-    if loop_config.get("in_memory"):  # benchmark baseline: the same examples, all encoded before the clock starts
-        rows = list(shard_rows(shard, cfg.micro_batch_size))
-    else:
-        rows = shard_rows(shard, cfg.micro_batch_size)
-    stream = ExampleStream(rows, state)
+    stream = ExampleStream(rows.result(), state)
     gas = cfg.gradient_accumulation_steps
     step_positions: list[int] = []
     saved_step = state.step if checkpoint is not None else -1
@@ -276,7 +290,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if len(got) < cfg.micro_batch_size:
                 break
             micro.append(got)
-        full = torch.tensor([int(len(micro) == gas)])
+        full = torch.tensor([int(len(micro) == gas)], device=device)
         dist.all_reduce(full, op=dist.ReduceOp.MIN)
         if not full.item():
             break  # some worker's stream ran out: the unfinished step is dropped everywhere
@@ -291,7 +305,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             loss_sum += loss.item()
             tokens += int(batch["attention_mask"].sum())
             step_positions.extend(r["position"] for r in rows_)
-        stats = torch.tensor([loss_sum / gas, float(tokens)], dtype=torch.float64)
+        stats = torch.tensor([loss_sum / gas, float(tokens)], dtype=torch.float64, device=device)
         dist.all_reduce(stats)
         state.step += 1
         state.examples += cfg.global_batch_size
@@ -305,7 +319,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                   f"{h['tokens']} tokens {h['step_s']:.3f}s", flush=True)
         if state.step % cfg.checkpoint.every_steps == 0:
             save()
-    pending = torch.tensor([int(bool(stream.skipped or stream.truncated or stream.seen_positions))])
+    pending = torch.tensor([int(bool(stream.skipped or stream.truncated or stream.seen_positions))], device=device)
     dist.all_reduce(pending, op=dist.ReduceOp.MAX)
     if saved_step != state.step or pending.item():
         save(suffix="" if saved_step != state.step else "_end")

@@ -37,23 +37,28 @@ def check_resources(cfg: TrainConfig) -> None:
             f"scaling asks for {n} GPU worker(s) (scaling.use_gpu=true) but the Ray cluster has "
             f"{int(have.get('GPU', 0))} GPU(s). Set scaling.use_gpu=false to train on CPU, or "
             f"scaling.wait_for_resources=true on a cluster that autoscales GPU nodes.")
-    need_cpu = n * cfg.scaling.cpus_per_worker
+    actors = cfg.data.map_concurrency if isinstance(cfg.data.map_concurrency, int) else cfg.data.map_concurrency[0]
+    need_cpu = n * cfg.scaling.cpus_per_worker + actors * cfg.data.map_num_cpus
     if have.get("CPU", 0) < need_cpu:
         raise TrainError(
-            f"scaling asks for {n} worker(s) x {cfg.scaling.cpus_per_worker} CPU = {need_cpu} CPUs but the Ray "
-            f"cluster has {have.get('CPU', 0):g}; lower scaling.num_workers or scaling.cpus_per_worker.")
+            f"the run needs {need_cpu:g} CPUs ({n} worker(s) x {cfg.scaling.cpus_per_worker} CPU, plus {actors} data "
+            f"actor(s) x {cfg.data.map_num_cpus} CPU) but the Ray cluster has {have.get('CPU', 0):g}; lower "
+            f"scaling.num_workers, scaling.cpus_per_worker or data.map_concurrency.")
 
 
 def read_state(checkpoint: str) -> TrainState:
     try:
         return TrainState.from_json(storage.read_bytes(storage.join(checkpoint, STATE_FILE)).decode())
     except FileNotFoundError:
-        raise TrainError(f"resume_from: {checkpoint} is not a checkpoint of this trainer (no {STATE_FILE})") from None
+        raise TrainError(f"{checkpoint} is not a checkpoint of this trainer (no {STATE_FILE})") from None
 
 
 def prepare(cfg: TrainConfig) -> tuple[data.DataPlan, list[dict], int]:
     """(data plan, examples still to train on, total optimizer steps of the schedule)."""
-    plan = data.plan(data.read_entries(cfg.data), cfg.data, cfg.epochs)
+    try:
+        plan = data.plan(data.read_entries(cfg.data), cfg.data, cfg.epochs)
+    except (FileNotFoundError, ValueError) as err:
+        raise TrainError(f"training set: {err}") from None
     total = len(plan.examples) // cfg.global_batch_size
     if total == 0:
         raise TrainError(f"the training set gives {len(plan.examples)} examples, fewer than one global batch of "
@@ -148,9 +153,12 @@ def main(cfg: TrainConfig) -> dict:
 
 def run_demo_training(train_json: str, model_dir: str, out_dir: str, *, steps: int = 6, zero_stage: int = 2,
                       num_workers: int = 2, name: str = "demo") -> dict:
-    """A short CPU run for the demo (Ray already initialised or started locally): tiny model, fp32,
-    `steps` optimizer steps of 4 examples; returns the summary (exported model folder in "model")."""
+    """A short CPU run for the demo: the tiny Qwen2-VL, fp32, `steps` optimizer steps of 2 examples per
+    worker, cycling over the training set as often as needed. Uses the running Ray or starts a local
+    one. Returns the run summary; the exported Hugging Face folder is `summary["model"]`
+    (OUT_DIR/NAME/model), checkpoints are in OUT_DIR/NAME/."""
     cfg = TrainConfig.model_validate({
+        "ray": {"address": "local", "num_cpus": 4},  # used only when Ray is not running yet
         "model": model_dir, "family": "qwen2_vl", "output": out_dir, "name": name,
         "data": {"path": train_json, "max_length": 1024},
         "scaling": {"num_workers": num_workers, "cpus_per_worker": 1},
