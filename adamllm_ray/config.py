@@ -215,6 +215,9 @@ class TrainScalingConfig(Section):
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    # how the workers' bundles spread over nodes (Ray's placement group strategies); STRICT_SPREAD puts
+    # each worker on its own node
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     wait_for_resources: bool = False  # autoscaling clusters: do not fail fast when GPUs are not there yet
 
 

@@ -66,7 +66,8 @@ def processor_config(cfg: EngineConfig, multimodal: bool):
     return vLLMEngineProcessorConfig(
         model_source=model_source(cfg.model),
         engine_kwargs=engine_kwargs(cfg, multimodal),
-        concurrency=cfg.concurrency,
+        # an int is a fixed pool here (Ray's processor would read it as an autoscaling pool of 1..n)
+        concurrency=(cfg.concurrency, cfg.concurrency) if isinstance(cfg.concurrency, int) else tuple(cfg.concurrency),
         batch_size=cfg.batch_size,
         max_concurrent_batches=cfg.max_concurrent_batches,
         should_continue_on_error=True,

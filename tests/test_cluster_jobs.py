@@ -1,99 +1,122 @@
-"""A real two-node Ray cluster on this machine (two `ray start` process groups on 127.0.0.1, each with
-its own custom resource): jobs go through the job API with `adamllm submit`, which returns the job's
-exit status and, for a failed job, its message."""
+"""A real two-node Ray cluster on this machine (two `ray start` process groups on 127.0.0.1, 2 CPUs and
+a custom resource each): the synthesis and training jobs go through the job API with `adamllm submit`,
+their work runs on both nodes, the job's exit status and a failed job's message reach the submitter,
+and a synthesis job survives the loss of a node mid-run."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
+import yaml
 
-from conftest import ROOT, free_port
+from adamllm_ray.local_cluster import LocalCluster
+from conftest import ROOT
+from test_synthesis_pipeline import check_complete, make_input, outputs
 
-BIN = Path(sys.executable).parent
-
-
-def clean_env():
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["RAY_AUTH_MODE"] = "disabled"  # a loopback-only test cluster: no token for the job API
-    return env
-
-
-def start_node(args: list[str]) -> subprocess.Popen:
-    """`ray start --block` in its own process group: the node and every process it starts end with it."""
-    return subprocess.Popen([str(BIN / "ray"), "start", "--block", "--disable-usage-stats", *args],
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=clean_env())
-
-
-def stop_node(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
-
-
-def alive_nodes(dashboard: str) -> list[dict]:
-    from ray.util.state import list_nodes
-
-    return [n for n in list_nodes(address=dashboard, raise_on_missing_output=False) if n.state == "ALIVE"]
+ENGINE_ACTOR = "vLLMEngineStageUDF"
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # this process queries the cluster's state API too
-    gcs, dash = free_port(), free_port()
-    dashboard = f"http://127.0.0.1:{dash}"
-    head = start_node(["--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--dashboard-host=127.0.0.1",
-                       f"--dashboard-port={dash}", "--include-dashboard=true", "--num-cpus=1",
-                       '--resources={"head_node": 1}'])
-    second = None
+    # an engine pool starts on its rows once all its engines are up: on 2 shared cores the second
+    # engine would otherwise start after the first has done most of the work
+    with LocalCluster(cpus_per_node=2, env={"RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "600"}) as c:
+        c.add_node("second_node")
+        yield c
+
+
+def run_job(cluster, args: list[str], log: Path, timeout_s: float = 900) -> tuple[int, str, str]:
+    """(exit status, output, submission id) of `adamllm submit -- adamllm ARGS`."""
+    proc = cluster.submit(args, str(ROOT), log)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if len(alive_nodes(dashboard)) == 1:
-                    break
-            except Exception:
-                pass
-            assert time.time() < deadline, "head node did not come up"
-            time.sleep(1)
-        second = start_node([f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                             '--resources={"second_node": 1}'])
-        while len(alive_nodes(dashboard)) < 2:
-            assert time.time() < deadline, "second node did not join"
-            time.sleep(1)
-        yield {"dashboard": dashboard, "second": second}
+        proc.wait(timeout=timeout_s)
     finally:
-        for node in (second, head):
-            if node is not None:
-                stop_node(node)
+        proc.kill()
+    return proc.returncode, log.read_text(), cluster.submission_id(log)
 
 
-def submit(cluster, args: list[str], **kw) -> subprocess.CompletedProcess | subprocess.Popen:
-    cmd = [str(BIN / "adamllm"), "submit", "--address", cluster["dashboard"], "--working-dir", str(ROOT),
-           "--runtime-env", str(ROOT / "jobs" / "runtime_env.yaml"), "--", "adamllm", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=clean_env(), timeout=900, cwd=ROOT, **kw)
+def synthesis_job(tmp: Path, model: str, rows: int, shards: int, tokens: int = 32) -> tuple[Path, set[str]]:
+    """A synthesis job whose two engines (1.5 CPUs each) only fit one per 2-CPU node."""
+    ids = make_input(tmp / "in", rows, shards=shards, long_caption=False)
+    job = {"ray": {"address": "auto", "progress_bars": False},
+           "source": {"format": "parquet", "path": str(tmp / "in")}, "output": str(tmp / "out"),
+           "family": "qwen2_vl",
+           "synthesizer": {"model": model, "dtype": "float32", "max_model_len": 1024, "concurrency": 2,
+                           "cpus_per_engine": 1.5, "batch_size": 2, "max_concurrent_batches": 1,
+                           "sampling": {"max_tokens": tokens, "min_tokens": tokens}}}
+    (tmp / "job.yaml").write_text(yaml.safe_dump(job))
+    return tmp / "job.yaml", ids
 
 
-def test_job_succeeds_and_its_exit_code_reaches_the_submitter(cluster, tmp_path):
-    r = submit(cluster, ["make-sample-data", "--out", str(tmp_path / "data"), "--n", "8"])
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "SUCCEEDED" in r.stdout
-    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
-    assert manifest["n"] == 8 and len(list((tmp_path / "data" / "parquet").glob("*.parquet"))) == 4
+@pytest.fixture(scope="module")
+def synthesized(cluster, tiny_qwen2_vl, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cluster-synthesis")
+    config, ids = synthesis_job(tmp, tiny_qwen2_vl, rows=24, shards=6)
+    rc, out, job = run_job(cluster, ["synthesize", "--config", str(config)], tmp / "submit.log")
+    return {"rc": rc, "out": out, "job": job, "dir": tmp / "out", "ids": ids}
+
+
+def test_synthesis_job_runs_on_both_nodes(cluster, synthesized):
+    assert synthesized["rc"] == 0, synthesized["out"][-5000:]
+    assert f"job {synthesized['job']}: SUCCEEDED" in synthesized["out"]
+    check_complete(*outputs(synthesized["dir"]), synthesized["ids"])
+    actors = cluster.job_actors(synthesized["job"], "")
+    nodes = {a.node_id for a in actors if ENGINE_ACTOR in a.class_name + str(a.repr_name)}
+    assert nodes == set(cluster.node_ids().values()), [(a.class_name, a.repr_name, a.node_id[:6], a.state) for a in actors]
+
+
+def test_training_job_spreads_its_workers_over_both_nodes(cluster, synthesized, tiny_qwen2_vl, tmp_path):
+    assert synthesized["rc"] == 0
+    args = ["train", "--config", "jobs/train/tiny_cpu.yaml", f"model={tiny_qwen2_vl}",
+            f"data.path={synthesized['dir'] / 'train.json'}", f"output={tmp_path / 'runs'}", "max_steps=4",
+            "scaling.cpus_per_worker=1.5", "scaling.placement_strategy=STRICT_SPREAD"]
+    rc, out, job = run_job(cluster, args, tmp_path / "submit.log")
+    assert rc == 0, out[-5000:]
+    summary = json.loads((tmp_path / "runs" / "adapted" / "summary.json").read_text())
+    assert summary["steps"] == 4 and (tmp_path / "runs" / "adapted" / "model" / "config.json").is_file()
+    nodes = {a.node_id for a in cluster.job_actors(job, "RayTrainWorker")}
+    assert nodes == set(cluster.node_ids().values()), "one training worker on each node"
 
 
 def test_failed_job_reports_failure_with_message(cluster, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("source: {format: parquet, path: x}\noutput: y\nsynthesizer: {model: m}\nsynthesiser_typo: 1\n")
-    r = submit(cluster, ["synthesize", "--config", str(bad)])
-    assert r.returncode == 1
-    assert "unknown key 'synthesiser_typo'" in r.stdout + r.stderr
-    assert "FAILED" in r.stderr
+    rc, out, job = run_job(cluster, ["synthesize", "--config", str(bad)], tmp_path / "submit.log", timeout_s=300)
+    assert rc == 1
+    assert "unknown key 'synthesiser_typo'" in out
+    assert f"job {job}: FAILED" in out
+
+
+def test_synthesis_survives_losing_a_node(cluster, tiny_qwen2_vl, tmp_path):
+    """The second node is lost (its raylet SIGKILLed, then the rest of its processes) while its engine
+    works; a replacement node joins (as the autoscaler or KubeRay replaces a lost node) and the job ends
+    with every row once."""
+    config, ids = synthesis_job(tmp_path, tiny_qwen2_vl, rows=256, shards=64, tokens=200)
+    log = tmp_path / "submit.log"
+    proc = cluster.submit(["synthesize", "--config", str(config)], str(ROOT), log)
+    try:
+        job = cluster.submission_id(log)
+        second = cluster.node_ids()["second_node"]
+        tasks = tmp_path / "out" / "tasks"
+        deadline = time.monotonic() + 300
+        while True:  # until the second node's engine is up and rows have been written
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-5000:]
+            working = [a for a in cluster.job_actors(job, ENGINE_ACTOR) if a.node_id == second and a.state == "ALIVE"]
+            if working and tasks.exists() and any(p.suffix == ".parquet" for p in tasks.iterdir()):
+                break
+            time.sleep(0.5)
+        done_before = pq.read_table(tasks).num_rows
+        cluster.lose_node("second_node")
+        cluster.add_node("replacement_node")
+        proc.wait(timeout=900)
+    finally:
+        proc.kill()
+    out = log.read_text()
+    assert proc.returncode == 0, out[-5000:]
+    assert done_before < len(ids), "the node was lost mid-run"
+    check_complete(*outputs(tmp_path / "out"), ids)
+    assert sorted(pq.read_table(tasks).column("id").to_pylist()) == sorted(ids), "no row done twice"
+    restarted = {a.actor_id: a for a in cluster.job_actors(job, ENGINE_ACTOR)}[working[0].actor_id]
+    assert restarted.num_restarts >= 1 and restarted.node_id == cluster.node_ids()["replacement_node"]

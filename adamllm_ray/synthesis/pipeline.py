@@ -258,7 +258,10 @@ def run(cfg: SynthesisConfig) -> dict:
         ds = method_stages(cfg, ds)
         ds = ds.map_batches(to_task_table, batch_format="pyarrow", num_cpus=engine.SIDE_STAGE_CPUS)
         fs, path = storage.filesystem(storage.join(out, "tasks"))
-        ds.write_parquet(path, filesystem=fs)  # file names carry a per-run write id: runs never overwrite
+        # file names carry a per-run write id: runs never overwrite. A light CPU request like the other
+        # side stages: at Ray's default of 1 CPU the writes wait until the engines have finished, and
+        # every row stays buffered in the object store until then.
+        ds.write_parquet(path, filesystem=fs, ray_remote_args={"num_cpus": engine.SIDE_STAGE_CPUS})
         wall = time.perf_counter() - t0
     summary = finalize(cfg, wall, done)
     print_summary(summary)
