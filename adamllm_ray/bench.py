@@ -16,6 +16,7 @@ BENCHMARKS = {
     "serve": "adamllm_ray.serving.bench:bench_serve",
     "evaluate": "adamllm_ray.evaluation.bench_run:bench_evaluate",
     "train": "adamllm_ray.training.bench:bench_train",
+    "submit": "adamllm_ray.submit:bench_submit",
 }
 
 

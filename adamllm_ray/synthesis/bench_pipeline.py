@@ -7,8 +7,10 @@
   the same with it off (the judge's engine starts late, so its output rows come in bursts and a
   first-to-last rate would flatter it).
 - the method on one core (parse + pair + compose): `adamllm bench method`'s figures.
-- streaming: peak memory (RSS of the whole process tree: driver, Ray, engines) at 10x the rows over
-  the peak at 1x. Target <= 1.2.
+- streaming: peak memory of the whole synthesis job (`adamllm synthesize`: driver, its private Ray,
+  engines, writes) at 10x the rows over the peak at 1x, each job with its own Ray. Memory is the
+  summed PSS of the process tree, so pages shared by many processes (libraries, the object store
+  every worker maps) count once. Target <= 1.2.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ TOKENS = 32
 
 
 class PeakMemory:
-    """Peak summed RSS of this process and all its descendants, sampled every 0.2 s."""
+    """Peak memory of this process and all its descendants, sampled every 0.5 s: the sum of their
+    PSS (a page shared by n processes counts 1/n in each), so shared memory counts once. Summed RSS
+    would count the object store once per worker that maps it, and grow with the rows it touches."""
 
     def __init__(self):
         import psutil
@@ -44,11 +48,11 @@ class PeakMemory:
             total = 0
             for p in [self.proc, *self.proc.children(recursive=True)]:
                 try:
-                    total += p.memory_info().rss
+                    total += p.memory_full_info().pss
                 except psutil.Error:
                     pass
             self.peak = max(self.peak, total)
-            time.sleep(0.2)
+            time.sleep(0.5)
 
     def __enter__(self):
         self._thread.start()
@@ -59,14 +63,24 @@ class PeakMemory:
         self._thread.join()
 
 
-def _config(tmp: Path, src: str, judge: bool) -> SynthesisConfig:
+def _config(tmp: Path, src: str, judge: bool, out: str = "unused") -> SynthesisConfig:
     engine = {"dtype": "float32", "batch_size": 64, "max_concurrent_batches": 8, "max_model_len": 1024,
               "sampling": {"max_tokens": TOKENS, "min_tokens": TOKENS}}
     return validate(SynthesisConfig, {
-        "source": {"format": "parquet", "path": src}, "output": str(tmp / "unused"), "family": "qwen2_vl",
+        "source": {"format": "parquet", "path": src}, "output": str(tmp / out), "family": "qwen2_vl",
+        "ray": {"address": "local", "num_cpus": 4, "progress_bars": False},
         "synthesizer": {"model": str(tmp / "synthesizer"), **engine},
         "judge": {"model": str(tmp / "judge"), **engine, "sampling": {"max_tokens": 2, "min_tokens": 2}}
         if judge else None})
+
+
+def job_peak(cfg: SynthesisConfig) -> int:
+    """Peak memory of the whole synthesis job, run as `adamllm synthesize` runs it (its own Ray)."""
+    from adamllm_ray.synthesis import pipeline
+
+    with PeakMemory() as mem:
+        pipeline.run(cfg)
+    return mem.peak
 
 
 def steady_rate(times: list[float]) -> float:
@@ -74,9 +88,9 @@ def steady_rate(times: list[float]) -> float:
     return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
 
 
-def pipeline_rate(cfg: SynthesisConfig) -> tuple[float, float, int]:
-    """Steady rows/s of the synthesis stages (read, synthesize, parse, [judge,] compose), wall seconds
-    of the whole run, and peak memory."""
+def pipeline_rate(cfg: SynthesisConfig) -> tuple[float, float]:
+    """Steady rows/s of the synthesis stages (read, synthesize, parse, [judge,] compose) and wall
+    seconds of the whole run."""
     import ray
 
     from adamllm_ray.synthesis import pipeline
@@ -84,12 +98,11 @@ def pipeline_rate(cfg: SynthesisConfig) -> tuple[float, float, int]:
     ds = pipeline.method_stages(cfg, sources.read_pairs(cfg.source))
     times = []
     start = time.perf_counter()
-    with PeakMemory() as mem:
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            now = time.perf_counter()
-            times.extend([now] * batch.num_rows)
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        now = time.perf_counter()
+        times.extend([now] * batch.num_rows)
     assert ray.is_initialized()
-    return steady_rate(times), times[-1] - start, mem.peak
+    return steady_rate(times), times[-1] - start
 
 
 BARE = r'''
@@ -139,12 +152,13 @@ def bench_synthesis(rows: int) -> dict:
         sample_data.write_parquet(pairs, tmp / "one", shards=1)
         bare_rate = run_bare(BARE, [str(tmp / "synthesizer"), str(tmp / "one" / "part-00000.parquet"), str(TOKENS)], tmp)
         os.environ.update(VLLM_CPU_KVCACHE_SPACE="1", VLLM_CACHE_ROOT=str(tmp / "vllm"))
+        small_peak = job_peak(_config(tmp, str(tmp / "small"), judge=False, out="out-1x"))
+        peak = job_peak(_config(tmp, str(tmp / "big"), judge=False, out="out-10x"))
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
         try:
             ray.data.DataContext.get_current().enable_progress_bars = False
-            _, _, small_peak = pipeline_rate(_config(tmp, str(tmp / "small"), judge=False))
-            rate, wall, peak = pipeline_rate(_config(tmp, str(tmp / "big"), judge=False))
-            _, judge_wall, _ = pipeline_rate(_config(tmp, str(tmp / "big"), judge=True))
+            rate, wall = pipeline_rate(_config(tmp, str(tmp / "big"), judge=False))
+            _, judge_wall = pipeline_rate(_config(tmp, str(tmp / "big"), judge=True))
         finally:
             ray.shutdown()
     method = bench_method(min(rows, 10000), repeats=3)
