@@ -50,3 +50,13 @@ def test_help(command):
     r = subprocess.run([sys.executable, "-m", "adamllm_ray.cli", command, "--help"], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0 and COMMANDS[command][1].split()[0] in r.stdout
+
+
+def test_engine_pool_size_is_fixed_or_a_range():
+    from adamllm_ray import engine
+    from adamllm_ray.config import EngineConfig
+
+    fixed = engine.processor_config(EngineConfig(model="m", concurrency=2), multimodal=True)
+    assert fixed.get_concurrency() == {"min_size": 2, "max_size": 2}
+    scaling = engine.processor_config(EngineConfig(model="m", concurrency=(1, 4)), multimodal=True)
+    assert scaling.get_concurrency() == {"min_size": 1, "max_size": 4}
