@@ -58,16 +58,24 @@ def sharegpt_caption(entry: dict) -> tuple[str | None, str | None]:
     return prompt, caption
 
 
+def load_sharegpt(uri: str) -> list:
+    """The entries of one ShareGPT file: a JSON list (.json) or one entry per line (.jsonl)."""
+    text = storage.read_bytes(uri).decode("utf-8")
+    try:
+        if uri.endswith(".jsonl"):
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{uri}: not valid JSON ({err})") from None
+    if not isinstance(data, list):
+        raise ValueError(f"{uri}: a ShareGPT file must hold a JSON list of entries")
+    return data
+
+
 def sharegpt_entries(uri: str, root: str) -> list[dict]:
     """Light entries (no image bytes) of one ShareGPT JSON file (a list) or JSONL file."""
-    text = storage.read_bytes(uri).decode("utf-8")
+    data = load_sharegpt(uri)
     rel = storage.relative(uri, root)
-    if uri.endswith(".jsonl"):
-        data = [json.loads(line) for line in text.splitlines() if line.strip()]
-    else:
-        data = json.loads(text)
-        if not isinstance(data, list):
-            raise ValueError(f"{uri}: a ShareGPT file must hold a JSON list of entries")
     out = []
     for i, e in enumerate(data):
         e = e if isinstance(e, dict) else {}

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from adamllm_ray import images, storage
+from adamllm_ray import images, sources, storage
 from adamllm_ray.config import ImageLimits, TrainDataConfig
 from adamllm_ray.training.families import PER_TOKEN_KEYS, TrainFamily, get_train_family
 
@@ -55,16 +55,7 @@ def read_entries(cfg: TrainDataConfig) -> list[dict]:
         raise FileNotFoundError(f"no .json/.jsonl training file under {cfg.path}")
     entries = []
     for uri in files:
-        text = storage.read_bytes(uri).decode("utf-8")
-        try:
-            if uri.endswith(".jsonl"):
-                data = [json.loads(line) for line in text.splitlines() if line.strip()]
-            else:
-                data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{uri}: not valid JSON ({err})") from None
-        if not isinstance(data, list):
-            raise ValueError(f"{uri}: a ShareGPT training file must hold a JSON list of entries")
+        data = sources.load_sharegpt(uri)
         image_dir = cfg.image_root or posixpath.dirname(uri)
         name = posixpath.basename(uri)
         for i, e in enumerate(data):
