@@ -68,7 +68,7 @@ class LocalCluster:
         """Start a node with custom resource `name` and wait until the cluster lists it as alive. A
         `ray start` that gives up (its raylet must register within 30 s, which a loaded 2-core machine
         does not always manage) is started again, as a cluster's autoscaler launches a node again."""
-        for attempt in range(1, attempts + 1):
+        for _ in range(attempts):
             proc, log = self._start(name, head)
             deadline = time.monotonic() + timeout_s
             while proc.poll() is None and time.monotonic() < deadline:
@@ -113,8 +113,8 @@ class LocalCluster:
         import psutil
 
         proc = self.nodes.pop(name)
-        members = [p for p in psutil.process_iter() if _session(p.pid) == proc.pid]
-        for p in sorted(members, key=lambda p: p.name() != "raylet"):
+        members = [p for p in psutil.process_iter(["name"]) if _session(p.pid) == proc.pid]
+        for p in sorted(members, key=lambda p: p.info["name"] != "raylet"):
             try:
                 p.kill()
             except psutil.NoSuchProcess:
