@@ -60,3 +60,11 @@ def test_engine_pool_size_is_fixed_or_a_range():
     assert fixed.get_concurrency() == {"min_size": 2, "max_size": 2}
     scaling = engine.processor_config(EngineConfig(model="m", concurrency=(1, 4)), multimodal=True)
     assert scaling.get_concurrency() == {"min_size": 1, "max_size": 4}
+
+
+def test_unknown_placement_strategy_is_named():
+    from adamllm_ray.config import TrainConfig
+    from conftest import ROOT
+
+    with pytest.raises(ConfigError, match="scaling.placement_strategy"):
+        load_config(TrainConfig, ROOT / "jobs" / "train" / "tiny_cpu.yaml", ["scaling.placement_strategy=SPREAD_OUT"])
