@@ -3,6 +3,7 @@ verdicts, composition, training examples."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -25,6 +26,7 @@ from adamllm_ray.synthesis import (
     training_example,
 )
 from adamllm_ray.synthesis.compose import POOLS, default_templates, load_templates
+from adamllm_ray.synthesis.filter import JudgePromptError
 
 LLAVA = get_family("llava_next_llama3")
 QWEN = get_family("qwen2_vl")
@@ -87,8 +89,8 @@ def test_family_strings():
 
 
 def test_unknown_family_names_the_known_ones():
-    with pytest.raises(ValueError, match="unknown model family 'mllama'.*llava_next_llama3, qwen2_vl"):
-        get_family("mllama")
+    with pytest.raises(ValueError, match="unknown model family 'gpt4v'.*llava_next_llama3.*qwen2_vl"):
+        get_family("gpt4v")
 
 
 SEED_PAIRS = [
@@ -208,7 +210,8 @@ def test_parse_drops_empty_sides_and_unhinted_questions():
         + U + "answer with a precise response.\nQ5?" + QA + "A5" + EOT  # hint with the wrong case
         + U + I + "  Q6?  " + QA + "\n A6 \n" + EOT
     )
-    assert parse_output(raw, LLAVA) == [pair("Q6?", "A6", "informative")]
+    # the question's text after the hint's newline is kept as it is (leading spaces too)
+    assert parse_output(raw, LLAVA) == [pair("  Q6?", "A6", "informative")]
 
 
 def test_parse_empty_output_and_wrong_type():
@@ -218,18 +221,217 @@ def test_parse_empty_output_and_wrong_type():
         parse_output(None, LLAVA)
 
 
+# ---------------------------------------------------------------- parsing and pairing: SPEC §1-2 edge rules
+#
+# Each family's separators written out: user turn separator, question/answer separator, end-of-turn
+# token E and the close of a well-formed turn (Qwen writes a newline after E).
+
+FORMATS = {
+    "llava_next_llama3": {
+        "U": "<|start_header_id|>user<|end_header_id|>\n\n",
+        "QA": "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+        "E": "<|eot_id|>",
+        "C": "<|eot_id|>",
+        "H": "<|start_header_id|>assistant<|end_header_id|>\n\n",
+        "END": "<|end_of_text|>",
+    },
+    "qwen2_vl": {
+        "U": "<|im_start|>user\n",
+        "QA": "<|im_end|>\n<|im_start|>assistant\n",
+        "E": "<|im_end|>",
+        "C": "<|im_end|>\n",
+        "H": "<|im_start|>assistant\n",
+        "END": "<|endoftext|>",
+    },
+}
+BOTH = pytest.mark.parametrize("name", sorted(FORMATS))
+
+
+def turns(name, *turn_list):
+    """Hand-written synthesizer output: each turn (question side, answer side) closed as the family
+    closes a turn, joined by the user turn separator; the sides are written out verbatim."""
+    f = FORMATS[name]
+    return f["U"].join(q + f["QA"] + a + f["C"] for q, a in turn_list)
+
+
+@BOTH
+def test_edge_hint_must_be_followed_by_a_newline(name):
+    raw = turns(
+        name,
+        ("Answer with a precise response. What color is the car?", "Red"),
+        ("Answer with an informative response. What color is the car?", "The car is painted red."),
+        ("Answer with a precise response.\nWhat color is the car?", "Red"),
+    )
+    assert parse_output(raw, name) == [pair("What color is the car?", "Red", "precise")]
+    assert pair_triplet(parse_output(raw, name), name) is None
+
+
+@BOTH
+def test_edge_whitespace_after_the_hint_newline_is_part_of_the_question(name):
+    raw = turns(
+        name,
+        ("Answer with a precise response.\n What color is the car?", "Red"),
+        ("Answer with an informative response.\nWhat color is the car?", "The car is painted red."),
+        ("Answer with a precise response.\n\tWhat color is the car?", "Crimson"),
+        ("Answer with an informative response.\n What color is the car?", "It is a red car."),
+    )
+    pairs = parse_output(raw, name)
+    assert pairs == [
+        pair(" What color is the car?", "Red", "precise"),
+        pair("What color is the car?", "The car is painted red.", "informative"),
+        pair("\tWhat color is the car?", "Crimson", "precise"),
+        pair(" What color is the car?", "It is a red car.", "informative"),
+    ]
+    assert pair_triplet(pairs, name) == {
+        "question": " What color is the car?", "precise": "Red", "informative": "It is a red car."
+    }
+
+
+@BOTH
+def test_edge_stray_end_of_turn_stays_in_the_question_and_takes_no_part_in_pairing(name):
+    e = FORMATS[name]["E"]
+    raw = turns(
+        name,
+        ("Answer with a precise response.\nIs the bowl full?" + e, "Yes"),
+        ("Answer with an informative response.\nIs the bowl full?", "The bowl is filled to the rim with soup."),
+        ("Answer with a precise response.\nIs the bowl full?" + e, "No"),
+        ("Answer with an informative response.\nIs the bowl full?" + e, "Soup reaches the rim."),
+    )
+    pairs = parse_output(raw, name)
+    assert pairs == [
+        pair("Is the bowl full?" + e, "Yes", "precise"),
+        pair("Is the bowl full?", "The bowl is filled to the rim with soup.", "informative"),
+        pair("Is the bowl full?" + e, "No", "precise"),
+        pair("Is the bowl full?" + e, "Soup reaches the rim.", "informative"),
+    ]
+    assert pair_triplet(pairs, name) is None
+
+
+@BOTH
+def test_edge_answer_without_end_of_turn_is_dropped(name):
+    f = FORMATS[name]
+    raw = (
+        "Answer with a precise response.\nWhat is on the plate?" + f["QA"] + "Rice"  # no E before the next turn
+        + f["U"] + turns(name,
+                         ("Answer with an informative response.\nWhat is on the plate?", "A mound of white rice."),
+                         ("Answer with a precise response.\nWhat is on the plate?", "White rice"))
+    )
+    pairs = parse_output(raw, name)
+    assert pairs == [
+        pair("What is on the plate?", "A mound of white rice.", "informative"),
+        pair("What is on the plate?", "White rice", "precise"),
+    ]
+    assert pair_triplet(pairs, name) == {
+        "question": "What is on the plate?", "precise": "White rice", "informative": "A mound of white rice."
+    }
+
+
+@BOTH
+def test_edge_whitespace_after_end_of_turn(name):
+    f = FORMATS[name]
+    middle = ("Answer with a precise response.\nWhich side is the lesion on?" + f["QA"] + "Left" + f["E"]
+              + " \n" + f["U"])
+    last = "Answer with an informative response.\nWhich side is the lesion on?" + f["QA"] + "The lesion is on the left."
+    # inside the output: trailing whitespace removed, then E, then the answer is clean
+    pairs = parse_output(middle + last + f["C"], name)
+    assert pairs == [
+        pair("Which side is the lesion on?", "Left", "precise"),
+        pair("Which side is the lesion on?", "The lesion is on the left.", "informative"),
+    ]
+    assert pair_triplet(pairs, name) == {
+        "question": "Which side is the lesion on?", "precise": "Left", "informative": "The lesion is on the left."
+    }
+    # at the very end: the output does not end with E (or the turn close), so its last turn counts as cut off
+    assert parse_output(middle + last + f["E"] + " \n", name) == [pair("Which side is the lesion on?", "Left", "precise")]
+
+
+@BOTH
+def test_edge_repeated_same_kind_question_keeps_the_latest_answer(name):
+    raw = turns(
+        name,
+        ("Answer with a precise response.\nWhat color is the car?", "Red"),
+        ("Answer with a precise response.\nWhat color is the car?", "Blue"),
+        ("Answer with an informative response.\nWhat color is the car?", "The car is blue."),
+        ("Answer with an informative response.\nWhat color is the car?", "It is a blue sedan."),
+    )
+    pairs = parse_output(raw, name)
+    assert pairs == [
+        pair("What color is the car?", "Red", "precise"),
+        pair("What color is the car?", "Blue", "precise"),
+        pair("What color is the car?", "The car is blue.", "informative"),
+        pair("What color is the car?", "It is a blue sedan.", "informative"),
+    ]
+    assert pair_triplet(pairs, name) == {
+        "question": "What color is the car?", "precise": "Blue", "informative": "The car is blue."
+    }
+
+
+@BOTH
+def test_edge_format_token_in_an_answer_takes_no_part_in_pairing(name):
+    f = FORMATS[name]
+    raw = turns(
+        name,
+        ("Answer with a precise response.\nHow many eggs?", "Two" + f["E"] + "Three"),
+        ("Answer with a precise response.\nHow many eggs?", "Four" + f["END"]),
+        ("Answer with a precise response.\nHow many eggs?", "Three"),
+        ("Answer with an informative response.\nHow many eggs?", "Five" + f["H"] + "eggs"),
+        ("Answer with an informative response.\nHow many eggs?", "I count three eggs in the carton."),
+    )
+    pairs = parse_output(raw, name)
+    assert pairs == [
+        pair("How many eggs?", "Two" + f["E"] + "Three", "precise"),
+        pair("How many eggs?", "Four" + f["END"], "precise"),
+        pair("How many eggs?", "Three", "precise"),
+        pair("How many eggs?", "Five" + f["H"] + "eggs", "informative"),
+        pair("How many eggs?", "I count three eggs in the carton.", "informative"),
+    ]
+    assert pair_triplet(pairs, name) == {
+        "question": "How many eggs?", "precise": "Three", "informative": "I count three eggs in the carton."
+    }
+
+
+@BOTH
+def test_edge_rules_together(name):
+    """One output with every edge case, the pairs and triplet written out in full."""
+    f = FORMATS[name]
+    raw = (
+        "Answer with a precise response. Is there a fracture?" + f["QA"] + "No" + f["C"]  # hint on the question's line
+        + f["U"] + "Answer with a precise response.\nIs there a fracture?" + f["E"] + f["QA"] + "Yes" + f["C"]
+        + f["U"] + "Answer with a precise response.\nIs there a fracture?" + f["QA"] + "Maybe"  # no E
+        + f["U"] + "Answer with a precise response.\nIs there a fracture?" + f["QA"] + "No" + f["E"] + "  \n"
+        + f["U"] + "Answer with a precise response.\nIs there a fracture?" + f["QA"] + "No fracture" + f["C"]
+        + f["U"] + "Answer with an informative response.\n Is there a fracture?" + f["QA"] + "The bone is intact." + f["C"]
+        + f["U"] + "Answer with an informative response.\nIs there a fracture?" + f["QA"]
+        + "The cortex is continuous, so there is no fracture." + f["C"]
+        + f["U"] + "Answer with a precise response.\nIs the film lateral?" + f["QA"] + "Ye"  # cut off
+    )
+    pairs = parse_output(raw, name)
+    assert pairs == [
+        pair("Is there a fracture?" + f["E"], "Yes", "precise"),
+        pair("Is there a fracture?", "No", "precise"),
+        pair("Is there a fracture?", "No fracture", "precise"),
+        pair(" Is there a fracture?", "The bone is intact.", "informative"),
+        pair("Is there a fracture?", "The cortex is continuous, so there is no fracture.", "informative"),
+    ]
+    assert pair_triplet(pairs, name) == {
+        "question": "Is there a fracture?",
+        "precise": "No fracture",
+        "informative": "The cortex is continuous, so there is no fracture.",
+    }
+
+
 # ---------------------------------------------------------------- pairing
 
 
 def test_pair_needs_both_kinds():
-    assert pair_triplet([pair("Q?", "a", "precise"), pair("Q?", "b", "precise")]) is None
-    assert pair_triplet([pair("Q?", "a", "informative"), pair("Q?", "b", "informative")]) is None
-    assert pair_triplet([]) is None
+    assert pair_triplet([pair("Q?", "a", "precise"), pair("Q?", "b", "precise")], LLAVA) is None
+    assert pair_triplet([pair("Q?", "a", "informative"), pair("Q?", "b", "informative")], LLAVA) is None
+    assert pair_triplet([], LLAVA) is None
     # exact text only
-    assert pair_triplet([pair("What is it?", "a", "precise"), pair("what is it?", "b", "informative")]) is None
+    assert pair_triplet([pair("What is it?", "a", "precise"), pair("what is it?", "b", "informative")], LLAVA) is None
 
 
-def test_pair_takes_first_answers_of_a_repeated_question():
+def test_pair_takes_latest_answers_of_a_repeated_question():
     pairs = [
         pair("Q?", "p1", "precise"),
         pair("Other?", "x", "informative"),
@@ -237,7 +439,7 @@ def test_pair_takes_first_answers_of_a_repeated_question():
         pair("Q?", "i1", "informative"),
         pair("Q?", "i2", "informative"),
     ]
-    assert pair_triplet(pairs) == {"question": "Q?", "precise": "p1", "informative": "i1"}
+    assert pair_triplet(pairs, "llava_next_llama3") == {"question": "Q?", "precise": "p2", "informative": "i1"}
 
 
 def test_pair_takes_the_first_question_completed_in_the_walk():
@@ -247,12 +449,21 @@ def test_pair_takes_the_first_question_completed_in_the_walk():
         pair("Q2?", "p2", "precise"),
         pair("Q1?", "i1", "informative"),
     ]
-    assert pair_triplet(pairs) == {"question": "Q2?", "precise": "p2", "informative": "i2"}
+    assert pair_triplet(pairs, QWEN) == {"question": "Q2?", "precise": "p2", "informative": "i2"}
+
+
+def test_pair_skips_turn_headers_of_its_own_family_only():
+    qwen_header = "<|im_start|>assistant\n"
+    pairs = [pair("Q?", "a" + qwen_header, "precise"), pair("Q?", "b", "informative"), pair("Q?", "c", "precise")]
+    assert pair_triplet(pairs, QWEN) == {"question": "Q?", "precise": "c", "informative": "b"}
+    assert pair_triplet(pairs, LLAVA) == {"question": "Q?", "precise": "a" + qwen_header, "informative": "b"}
+    system = pair("Q?" + "<|start_header_id|>system<|end_header_id|>\n\n", "d", "precise")
+    assert pair_triplet([system, pair("Q?", "b", "informative")], LLAVA) is None
 
 
 def test_pair_rejects_unknown_kind():
     with pytest.raises(ValueError, match="qa pair 1: kind must be"):
-        pair_triplet([pair("Q?", "a", "precise"), pair("Q?", "b", "long")])
+        pair_triplet([pair("Q?", "a", "precise"), pair("Q?", "b", "long")], LLAVA)
 
 
 # ---------------------------------------------------------------- judge
@@ -260,11 +471,34 @@ def test_pair_rejects_unknown_kind():
 
 TRIPLET_C = {"question": "Which side is the effusion on?", "precise": "Right", "informative": "Fluid fills the right base."}
 
+# a template in the authors' style: instructions, a worked example, the block with the three placeholders
+AUTHORS_STYLE = (
+    "Decide whether the precise answer agrees with the informative answer. Reply Yes, No or Open.\n\n"
+    "## Question: What is 2+2? Answer as {{number}}.\n"
+    "## Informative Answer: Two plus two is four.\n"
+    "## Precise Answer: 4\n"
+    "## Consistent: Yes\n\n"
+    "## Question: {Q}\n"
+    "## Informative Answer: {informative_A}\n"
+    "## Precise Answer: {precise_A}\n"
+    "## Consistent:"
+)
 
-def test_judge_prompt_block_is_exact():
-    text = judge_prompt(TRIPLET_C, "Instructions.\n\n## Question: x\n## Consistent: Yes\n\n")
-    assert text == (
-        "Instructions.\n\n## Question: x\n## Consistent: Yes\n\n"
+
+def test_judge_prompt_is_what_str_format_gives(tmp_path):
+    path = tmp_path / "consistency_filter_prompt.txt"
+    path.write_text(AUTHORS_STYLE, encoding="utf-8")
+    template = load_judge_prompt(path)
+    assert template == AUTHORS_STYLE
+    expected = AUTHORS_STYLE.format(Q=TRIPLET_C["question"], informative_A=TRIPLET_C["informative"],
+                                    precise_A=TRIPLET_C["precise"])
+    assert judge_prompt(TRIPLET_C, template) == expected
+    assert expected == (
+        "Decide whether the precise answer agrees with the informative answer. Reply Yes, No or Open.\n\n"
+        "## Question: What is 2+2? Answer as {number}.\n"
+        "## Informative Answer: Two plus two is four.\n"
+        "## Precise Answer: 4\n"
+        "## Consistent: Yes\n\n"
         "## Question: Which side is the effusion on?\n"
         "## Informative Answer: Fluid fills the right base.\n"
         "## Precise Answer: Right\n"
@@ -272,31 +506,93 @@ def test_judge_prompt_block_is_exact():
     )
 
 
-def test_default_judge_prompt_has_six_examples_of_each_verdict():
+def test_judge_prompt_inserts_braces_in_the_triplet_verbatim():
+    triplet = {"question": "Is {x} a set?", "precise": "{Q}", "informative": "The braces {0} and {informative_A} stay."}
+    text = judge_prompt(triplet, AUTHORS_STYLE)
+    assert text.endswith(
+        "## Question: Is {x} a set?\n"
+        "## Informative Answer: The braces {0} and {informative_A} stay.\n"
+        "## Precise Answer: {Q}\n"
+        "## Consistent:"
+    )
+
+
+def test_judge_template_file_used_as_it_is(tmp_path):
+    """No stripping or appending: a trailing newline and repeated placeholders stay as written."""
+    path = tmp_path / "mine.txt"
+    path.write_text("Q={Q} I={informative_A} P={precise_A} again {Q}\n", encoding="utf-8")
+    assert judge_prompt(TRIPLET_C, load_judge_prompt(str(path))) == (
+        "Q=Which side is the effusion on? I=Fluid fills the right base. P=Right again Which side is the effusion on?\n"
+    )
+
+
+def test_default_judge_prompt_is_a_template_with_six_examples():
     text = load_judge_prompt()
-    verdicts = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("## Consistent:")]
-    assert sorted(verdicts) == ["No", "No", "Open", "Open", "Yes", "Yes"]
+    lines = text.splitlines()
+    verdicts = [line.split(":", 1)[1].strip() for line in lines if line.startswith("## Consistent:")]
+    assert sorted(verdicts) == ["", "No", "No", "Open", "Open", "Yes", "Yes"]
     for head in ("## Question: ", "## Informative Answer: ", "## Precise Answer: "):
-        assert sum(line.startswith(head) for line in text.splitlines()) == 6
-    assert judge_prompt(TRIPLET_C, text).endswith("## Precise Answer: Right\n## Consistent:")
+        assert sum(line.startswith(head) for line in lines) == 7
+    assert text.endswith("\n\n## Question: {Q}\n## Informative Answer: {informative_A}\n"
+                         "## Precise Answer: {precise_A}\n## Consistent:")
+    prompt = judge_prompt(TRIPLET_C, text)
+    assert prompt.endswith("Consistent: Open\n\n## Question: Which side is the effusion on?\n"
+                           "## Informative Answer: Fluid fills the right base.\n## Precise Answer: Right\n## Consistent:")
+    assert prompt == text.format(Q=TRIPLET_C["question"], informative_A=TRIPLET_C["informative"],
+                                 precise_A=TRIPLET_C["precise"])
 
 
-def test_judge_prompt_from_another_file(tmp_path):
-    path = tmp_path / "authors.txt"
-    path.write_text("Their instructions.\n")
-    assert load_judge_prompt(path) == "Their instructions.\n"
-    assert load_judge_prompt(str(path)) == "Their instructions.\n"
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("Their instructions only.\n", r"lacks the placeholder\(s\) \{Q\}, \{informative_A\}, \{precise_A\}"),
+        ("## Question: {Q}\n## Informative Answer: {informative_A}\n## Consistent:",
+         r"lacks the placeholder\(s\) \{precise_A\}"),
+        ("## Question: {Q}\n## Precise Answer: {precise_A}\n## Consistent:", r"lacks the placeholder\(s\) \{informative_A\}"),
+        ("{Q} {informative_A} {precise_A} {answer}", r"unknown placeholder\(s\) '\{answer\}'"),
+        ("{Q} {informative_A} {precise_A} a set {x", "is not a valid template"),
+    ],
+)
+def test_judge_template_without_placeholders_is_refused(tmp_path, content, message):
+    path = tmp_path / "their_prompt.txt"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(JudgePromptError, match=f"judge prompt file {re.escape(str(path))} .*{message}"):
+        load_judge_prompt(path)
+
+
+def test_judge_prompt_refuses_an_unchecked_text():
+    with pytest.raises(JudgePromptError, match=r"lacks the placeholder\(s\) \{Q\}"):
+        judge_prompt(TRIPLET_C, "Instructions.\n\n## Question: x\n## Consistent: Yes\n\n")
 
 
 def test_judge_prompt_file_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="judge prompt file not found: .*missing.txt"):
+    with pytest.raises(JudgePromptError, match="judge prompt file not found: .*missing.txt"):
         load_judge_prompt(tmp_path / "missing.txt")
     (tmp_path / "empty.txt").write_text(" \n")
-    with pytest.raises(ValueError, match="judge prompt file .*empty.txt is empty"):
+    with pytest.raises(JudgePromptError, match="judge prompt file .*empty.txt is empty"):
         load_judge_prompt(tmp_path / "empty.txt")
     (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00")
-    with pytest.raises(ValueError, match="not UTF-8 text"):
+    with pytest.raises(JudgePromptError, match="not UTF-8 text"):
         load_judge_prompt(tmp_path / "binary.txt")
+
+
+def test_refused_judge_template_is_a_one_line_config_error(tmp_path):
+    """`adamllm synthesize` reports it before starting Ray: exit 2, the file named, no traceback."""
+    bad = tmp_path / "prompt.txt"
+    bad.write_text("Instructions only.\n")
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        "source: {format: sharegpt, path: missing.json}\n"
+        f"output: {tmp_path / 'out'}\n"
+        "synthesizer: {model: none}\n"
+        "judge: {model: none}\n"
+        f"judge_prompt: {bad}\n"
+    )
+    r = subprocess.run([sys.executable, "-m", "adamllm_ray.cli", "synthesize", "--config", str(config)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert f"judge prompt file {bad} lacks the placeholder(s) {{Q}}, {{informative_A}}, {{precise_A}}" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize(
@@ -616,4 +912,4 @@ def test_bench_rows_parse_like_real_output():
     rows = sample_rows(200, "qwen2_vl", seed=1)
     parsed = [parse_output(r["raw_output"], QWEN) for r in rows]
     assert sum(bool(p) for p in parsed) > 180
-    assert sum(pair_triplet(p) is not None for p in parsed) > 50
+    assert sum(pair_triplet(p, QWEN) is not None for p in parsed) > 50

@@ -79,7 +79,7 @@ def _measure(rows: list[dict], family: str, repeats: int) -> dict:
     fam = get_family(family)
     raws = [r["raw_output"] for r in rows]
     parsed = [parse_output(raw, fam) for raw in raws]
-    triplets = [pair_triplet(p) for p in parsed]
+    triplets = [pair_triplet(p, fam) for p in parsed]
     n = len(rows)
 
     def compose_all():
@@ -93,7 +93,7 @@ def _measure(rows: list[dict], family: str, repeats: int) -> dict:
             finish_row(parsed_row, judge_output=" Yes" if parsed_row["triplet"] else None)
 
     t_parse = _best_of(repeats, lambda: [parse_output(raw, fam) for raw in raws])
-    t_pair = _best_of(repeats, lambda: [pair_triplet(p) for p in parsed])
+    t_pair = _best_of(repeats, lambda: [pair_triplet(p, fam) for p in parsed])
     t_compose = _best_of(repeats, compose_all)
     t_rows = _best_of(repeats, row_functions)
     total = t_parse + t_pair + t_compose

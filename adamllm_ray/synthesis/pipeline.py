@@ -245,6 +245,8 @@ def print_summary(summary: dict) -> None:
 def run(cfg: SynthesisConfig) -> dict:
     cfg.s3.apply_to_environment()
     out = cfg.output
+    if cfg.judge is not None:
+        load_judge_prompt(cfg.judge_prompt)  # a refused template stops the job before Ray starts
     with ray_session(cfg.ray) as ray:
         done = completed_ids(out) if cfg.resume else set()
         if not cfg.resume:

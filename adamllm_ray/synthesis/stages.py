@@ -34,7 +34,7 @@ def parse_row(row: dict[str, Any], family: Family | str) -> dict[str, Any]:
         out[ERROR] = error("parse", f"raw_output must be the synthesizer's text, got {type(raw).__name__}")
         return out
     out[QA_PAIRS] = pairs = parse_output(raw, get_family(family))
-    out[TRIPLET] = pair_triplet(pairs)
+    out[TRIPLET] = pair_triplet(pairs, family)
     return out
 
 
