@@ -63,7 +63,7 @@ def load_sharegpt(uri: str) -> list:
     text = storage.read_bytes(uri).decode("utf-8")
     try:
         if uri.endswith(".jsonl"):
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
+            return [json.loads(line) for line in text.split("\n") if line.strip()]  # not splitlines(): U+2028
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"{uri}: not valid JSON ({err})") from None

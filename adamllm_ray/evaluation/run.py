@@ -76,7 +76,8 @@ def _jsonl(items: list[dict]) -> str:
 
 
 def _read_jsonl(uri: str) -> list[dict]:
-    return [json.loads(line) for line in storage.read_bytes(uri).decode("utf-8").splitlines() if line.strip()]
+    # "\n" only: a prediction may hold U+2028 or U+0085, which splitlines() would also split on
+    return [json.loads(line) for line in storage.read_bytes(uri).decode("utf-8").split("\n") if line.strip()]
 
 
 # ---------------------------------------------------------------- the Ray stream of one model

@@ -49,7 +49,7 @@ def read_predictions(task: Task, path: str | Path) -> list[dict]:
     except UnicodeDecodeError as err:
         raise ScoreInputError(f"predictions file {str(path)!r} is not UTF-8 text: {err}") from None
     records, vocabularies = [], {}
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may sit in a string
         if not line.strip():
             continue
         where = f"{path}:{number}"
