@@ -146,8 +146,12 @@ class IngressConfig(Section):
     host: str = "127.0.0.1"  # `adamllm serve` only; `serve deploy` takes http_options from its own file
     port: int = 8000
     api_key: str | None = None  # bearer token; prefer api_key_env so the key stays out of files
-    api_key_env: str | None = "ADAMLLM_API_KEY"  # environment variable holding the token (read by the replica)
+    api_key_env: str | None = "ADAMLLM_API_KEY"  # environment variable holding the token, read when the app is built
+    cors_origins: list[str] = []  # browser origins allowed to call the service; none: no CORS headers at all
+    image_url_domains: list[str] = []  # hosts chat image_url may be fetched from; none: only data URLs
     max_request_bytes: int = 16 * 2**20
+    body_timeout_s: float = Field(10.0, gt=0)  # a request body that sends nothing for this long gets 408
+    min_body_bytes_per_s: int = Field(16384, ge=1)  # and the whole body must arrive at least this fast
     request_timeout_s: float = 300.0  # per model call; past it the request gets 504
     replicas: int | tuple[int, int] = 1  # or [min, max] to autoscale on target_ongoing_requests
     target_ongoing_requests: float = 8

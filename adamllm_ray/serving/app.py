@@ -21,21 +21,26 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hmac
 import json
+import logging
 import os
+import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from typing import Any
 
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
 from ray import serve
+from ray.llm._internal.serve.core.configs.openai_api_models import ChatCompletionRequest, OpenAIHTTPException
 from ray.serve.llm import LLMConfig, build_llm_deployment
 from ray.serve.llm.deployment import LLMServer
 from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
-from starlette.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response
 
 from adamllm_ray import engine, images
 from adamllm_ray.config import IngressConfig, ModelEndpointConfig, ServeConfig, dump_config, load_config
@@ -43,6 +48,9 @@ from adamllm_ray.evaluation.tasks import get_task
 from adamllm_ray.families import get_family
 from adamllm_ray.records import (CAPTION, CAPTION_PROMPT, ERROR, ID, IMAGE, IMAGE_PATH, MESSAGES, QA_PAIRS,
                                  RAW_OUTPUT, RESPONSE, TRIPLET, VERDICT)
+from adamllm_ray.serving import media
+from adamllm_ray.serving.guard import (Guard, check_exposure, error_response, request_error_response,
+                                       resolve_key)
 from adamllm_ray.serving.requests import RequestError, parse_evaluate, parse_synthesize, read_body
 from adamllm_ray.synthesis.filter import load_judge_prompt
 from adamllm_ray.synthesis.pipeline import image_name, synthesis_sampling
@@ -50,8 +58,10 @@ from adamllm_ray.synthesis.stages import finish_row, judge_prompt_of, parse_row
 
 APP_NAME = "adamllm"
 INGRESS_NAME = "TaskIngress"
-ROUTES = ("/v1/synthesize", "/v1/evaluate", "/v1/chat/completions", "/v1/completions", "/v1/models", "/healthz")
-LATENCY_BOUNDARIES_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000]
+HEALTH_TTL_S = 5.0  # /healthz asks every model at most this often
+HEALTH_TIMEOUT_S = 5.0
+STALL_HEADROOM = 64  # Serve-level requests beyond the Guard's running + queued (bodies still arriving, GETs)
+logger = logging.getLogger("ray.serve")
 ENV_FOR_ENGINES = ("VLLM_CACHE_ROOT", "HF_HUB_OFFLINE", "AWS_ENDPOINT_URL", "AWS_REGION", "TOKENIZERS_PARALLELISM")
 
 
@@ -122,120 +132,67 @@ def ensure_tiny_models(cfg: ServeConfig) -> None:
             tiny.build(ep.tiny, ep.model, seed=0)
 
 
-# ---------------------------------------------------------------- protection and counters
+# ---------------------------------------------------------------- the FastAPI app
 
 
-class Guard:
-    """The outermost layer of the ingress app: API key on every route, request size limit, request
-    and latency counters (Ray Serve metrics). The key is read in the replica, from the config or the
-    environment variable the config names, so it need not travel in the application's arguments."""
+def ingress_fastapi_app(ingress: IngressConfig, api_key: str | None):
+    """ray.serve.llm's ingress app without its allow-any-origin CORS: request ids, its HTTP metrics, our
+    Guard outermost, CORS only for the configured origins, and every refusal in one JSON shape."""
+    from fastapi import FastAPI
+    from fastapi.middleware.cors import CORSMiddleware
+    from ray.llm._internal.serve.core.ingress.middleware import SetRequestIdMiddleware
+    from ray.llm._internal.serve.observability.metrics.fast_api_metrics import (add_http_metrics_middleware,
+                                                                                 metrics_lifespan)
 
-    def __init__(self, app, api_key: str | None, api_key_env: str | None, max_request_bytes: int):
-        self.app = app
-        self.api_key = api_key
-        self.api_key_env = api_key_env
-        self.max_request_bytes = max_request_bytes
-        self.metrics = None
-
-    def key(self) -> str | None:
-        return self.api_key or (os.environ.get(self.api_key_env) if self.api_key_env else None) or None
-
-    def _metrics(self):
-        if self.metrics is None:
-            from ray.serve.metrics import Counter, Histogram
-
-            self.metrics = (
-                Counter("adamllm_requests", description="Requests answered, by route and status.",
-                        tag_keys=("route", "status")),
-                Histogram("adamllm_request_latency_ms", description="Request latency at the ingress (ms).",
-                          boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("route",)),
-            )
-        return self.metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        t0 = time.perf_counter()
-        path = scope.get("path", "")
-        route = next((r for r in ROUTES if path == r or path.startswith(r + "/")), "other")
-        status = {"code": 500}
-
-        async def send_counted(message):
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            refusal, receive = await self._check(scope, receive)
-            if refusal is not None:
-                await refusal(scope, receive, send_counted)
-            else:
-                await self.app(scope, receive, send_counted)
-        finally:
-            counter, histogram = self._metrics()
-            code = str(status["code"])
-            counter.inc(tags={"route": route, "status": code})
-            histogram.observe((time.perf_counter() - t0) * 1000, tags={"route": route})
-
-    async def _check(self, scope, receive):
-        """(refusal response or None, the receive channel to pass on)."""
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        key = self.key()
-        if key:
-            auth = headers.get("authorization", "")
-            if not auth:
-                return _error(401, "missing API key: send the header 'Authorization: Bearer <key>'",
-                              "authentication_error", {"WWW-Authenticate": "Bearer"}), receive
-            scheme, _, token = auth.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
-                return _error(401, "invalid API key", "authentication_error", {"WWW-Authenticate": "Bearer"}), receive
-        limit = self.max_request_bytes
-        declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return _too_large(int(declared), limit), receive
-        if declared is None and scope.get("method") in ("POST", "PUT", "PATCH"):
-            # no declared length (chunked): read up to the limit here, then replay it
-            chunks, size, more = [], 0, True
-            while more:
-                message = await receive()
-                if message["type"] != "http.request":
-                    break
-                chunks.append(message.get("body", b""))
-                size += len(chunks[-1])
-                more = message.get("more_body", False)
-                if size > limit:
-                    return _too_large(size, limit), receive
-            body = b"".join(chunks)
-            replayed = False
-
-            async def replay():
-                nonlocal replayed
-                if not replayed:
-                    replayed = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-                return await receive()
-
-            return None, replay
-        return None, receive
-
-
-def _error(status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": status}},
-                        status_code=status, headers=headers)
-
-
-def _too_large(size: int, limit: int) -> JSONResponse:
-    return _error(413, f"body: request of {size:,} bytes is over the limit of {limit:,} bytes "
-                       f"(ingress.max_request_bytes)", "invalid_request_error")
-
-
-def ingress_fastapi_app(ingress: IngressConfig):
-    from ray.llm._internal.serve.core.ingress.ingress import init
-
-    app = init()  # ray.serve.llm's own app: its error handling and HTTP metrics for the OpenAI routes
-    app.add_middleware(Guard, api_key=ingress.api_key, api_key_env=ingress.api_key_env,
-                       max_request_bytes=ingress.max_request_bytes)
+    app = FastAPI(lifespan=metrics_lifespan, openapi_url=None, docs_url=None, redoc_url=None)
+    app.add_exception_handler(RequestError, _on_request_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(OpenAIHTTPException, _on_model_error)
+    app.add_exception_handler(HTTPException, _on_http_error)
+    if ingress.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(ingress.cors_origins), allow_credentials=False,
+                           allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
+    add_http_metrics_middleware(app)
+    app.add_middleware(SetRequestIdMiddleware)
+    app.add_middleware(Guard, api_key=api_key, api_key_env=ingress.api_key_env,
+                       max_request_bytes=ingress.max_request_bytes, body_timeout_s=ingress.body_timeout_s,
+                       min_body_bytes_per_s=ingress.min_body_bytes_per_s,
+                       max_ongoing=ingress.max_ongoing_requests, max_queued=ingress.max_queued_requests,
+                       retry_after_s=ingress.retry_after_s)
     return app
+
+
+def _rid(request: Request) -> str | None:
+    return request.headers.get("x-request-id") or getattr(request.state, "request_id", None)
+
+
+async def _on_request_error(request: Request, err: RequestError) -> Response:
+    return request_error_response(err, _rid(request))
+
+
+async def _on_validation_error(request: Request, err: RequestValidationError) -> Response:
+    first = (err.errors() or [{}])[0]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    field = ".".join(loc) or "body"
+    message = str(first.get("msg", "invalid request")).replace("\n", " ")
+    return error_response(400, f"{field}: {message}", param=field, request_id=_rid(request))
+
+
+async def _on_model_error(request: Request, err: OpenAIHTTPException) -> Response:
+    """A model's refusal (prompt too long, ...) is the client's 400/413; a model failure is logged and
+    answered without its internals."""
+    field = "messages" if request.url.path.endswith("/chat/completions") else "prompt"
+    if 400 <= err.status_code < 500:
+        return error_response(err.status_code, f"{field}: {err.message}", "invalid_request_error", field,
+                              _rid(request))
+    logger.error("request %s: model error %s: %s (%s)", _rid(request), err.status_code, err.message,
+                 err.internal_message)
+    return error_response(502, f"the model failed; the service log has the details under request id {_rid(request)}",
+                          "model_error", request_id=_rid(request))
+
+
+async def _on_http_error(request: Request, err: HTTPException) -> Response:
+    return error_response(err.status_code, str(err.detail), request_id=_rid(request))
 
 
 # ---------------------------------------------------------------- task routes
@@ -244,30 +201,64 @@ def ingress_fastapi_app(ingress: IngressConfig):
 class TaskIngress(OpenAiIngress):
     """ray.serve.llm's OpenAI ingress plus the method's task routes, in one deployment."""
 
-    def __init__(self, llm_deployments, model_cards, *, config: dict[str, Any]):
+    def __init__(self, llm_deployments, model_cards, *, config: dict[str, Any], has_key: bool = False):
         super().__init__(llm_deployments, model_cards)
         self.cfg = ServeConfig.model_validate(config)
         self.names = {section: ep.name for section, ep in self.cfg.endpoints().items()}
         self.judge_text = load_judge_prompt(self.cfg.judge_prompt) if self.cfg.judge else None
         self.timeout_s = self.cfg.ingress.request_timeout_s
+        self.health: dict[str, str] = {}
+        self.health_at = 0.0
+        self.health_lock: asyncio.Lock | None = None
+        # `serve run/deploy` and RayService bind where their own http_options say: refuse an open host without a key
+        try:
+            host = serve.context._get_global_client().http_config.host
+        except Exception as err:  # no controller to ask (not under Serve): the launcher checked its own host
+            logger.info("could not read Serve's HTTP host (%r); not checked here", err)
+            host = "127.0.0.1"
+        warning = check_exposure(host, "set" if has_key else None, self.cfg.ingress.api_key_env)
+        if warning:
+            logger.warning(warning)
 
     async def healthz(self) -> JSONResponse:
-        return JSONResponse({"status": "ok", "models": self.names, "family": self.cfg.family, "mode": self.cfg.mode})
+        """Ready (200) only when every model answered a health check within the last HEALTH_TTL_S."""
+        if self.health_lock is None:
+            self.health_lock = asyncio.Lock()
+        async with self.health_lock:
+            if time.monotonic() - self.health_at > HEALTH_TTL_S or any(v != "ok" for v in self.health.values()):
+                names = list(self.names.values())
+                answers = await asyncio.gather(*[self._ping(n) for n in names])
+                self.health, self.health_at = dict(zip(names, answers)), time.monotonic()
+        ready = all(v == "ok" for v in self.health.values())
+        return JSONResponse({"status": "ok" if ready else "unavailable", "models": self.names,
+                             "model_health": self.health, "family": self.cfg.family, "mode": self.cfg.mode},
+                            status_code=200 if ready else 503)
+
+    async def _ping(self, name: str) -> str:
+        try:
+            await asyncio.wait_for(self._default_serve_handles[name].check_health.remote(), HEALTH_TIMEOUT_S)
+            return "ok"
+        except Exception as err:
+            logger.info("health check of model %s: %r", name, err)
+            return "no answer"
+
+    async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
+        """ray.serve.llm's chat route, with every image checked (and none fetched) before a model sees it."""
+        ingress = self.cfg.ingress
+        body.messages = await media.checked_messages(body.messages, self.cfg.images, list(ingress.image_url_domains),
+                                                     ingress.max_request_bytes)
+        return await super().chat(body, request)
 
     async def synthesize(self, request: Request) -> JSONResponse:
-        try:
-            req = parse_synthesize(await read_body(request), self.cfg.images, self.cfg.family,
-                                   self.cfg.judge is not None)
-            return JSONResponse(await self._synthesize(req))
-        except RequestError as err:
-            return JSONResponse(err.body(), status_code=err.status)
+        data = await read_body(request)
+        req = await asyncio.to_thread(parse_synthesize, data, self.cfg.images, self.cfg.family,
+                                      self.cfg.judge is not None)
+        return JSONResponse(await self._synthesize(req))
 
     async def evaluate(self, request: Request) -> JSONResponse:
-        try:
-            req = parse_evaluate(await read_body(request), self.cfg.images)
-            return JSONResponse(await self._evaluate(req))
-        except RequestError as err:
-            return JSONResponse(err.body(), status_code=err.status)
+        data = await read_body(request)
+        req = await asyncio.to_thread(parse_evaluate, data, self.cfg.images)
+        return JSONResponse(await self._evaluate(req))
 
     async def _synthesize(self, req) -> dict[str, Any]:
         family = get_family(req.family)
@@ -298,8 +289,6 @@ class TaskIngress(OpenAiIngress):
         }
 
     async def _evaluate(self, req) -> dict[str, Any]:
-        from ray.serve.llm.openai_api_models import ChatCompletionRequest, ErrorResponse
-
         name = req.model or self.names.get("evaluator") or self.names["synthesizer"]
         if name not in self._model_cards:
             raise RequestError("model", f"unknown model {name!r}; served models: {', '.join(self._model_cards)}")
@@ -312,10 +301,14 @@ class TaskIngress(OpenAiIngress):
         )
         stream = self._get_configured_serve_handle(name).chat.remote(body, None)
         first = await self._bounded(name, stream.__anext__(), cancel=stream)
-        if isinstance(first, ErrorResponse):
+        if getattr(first, "error", None) is not None:  # the server's ErrorResponse (not the public subclass)
             code = first.error.code
-            raise RequestError(None, f"model '{name}': {first.error.message}", code if 400 <= code < 500 else 502,
-                               "model_error")
+            if 400 <= code < 500:  # the model refused this request (too long, ...)
+                fields = get_task(req.task).prompt_fields
+                raise RequestError("question" if "question" in fields else fields[-1],
+                                   f"model '{name}' refused the request: {first.error.message}", code)
+            logger.error("evaluate: model %s failed: %s", name, first.error.message)
+            raise RequestError(None, f"model '{name}' failed to answer", 502, "model_error")
         choice = first.choices[0]
         answer = choice.message.content or ""
         score = None
@@ -374,10 +367,12 @@ def _endpoint_map():
 
 
 def ingress_options(ingress: IngressConfig) -> dict[str, Any]:
+    """The Guard counts running and queued requests once their bodies are in; Serve's own bound sits above
+    it, so bodies still arriving, /healthz and GETs never wait behind it."""
     lo, hi = replica_range(ingress.replicas)
     return {
         "name": INGRESS_NAME,
-        "max_ongoing_requests": ingress.max_ongoing_requests,
+        "max_ongoing_requests": ingress.max_ongoing_requests + ingress.max_queued_requests + STALL_HEADROOM,
         "max_queued_requests": ingress.max_queued_requests,
         "backpressure_config": {"status_code": 503, "retry_after_s": ingress.retry_after_s},
         "autoscaling_config": {"min_replicas": lo, "initial_replicas": lo, "max_replicas": hi,
@@ -387,7 +382,11 @@ def ingress_options(ingress: IngressConfig) -> dict[str, Any]:
 
 
 def application(cfg: ServeConfig):
-    """The Serve application of a config: one model deployment per configured model, the ingress."""
+    """The Serve application of a config: one model deployment per configured model, the ingress. The API
+    key is resolved here, where the app is built (`adamllm serve`'s process, `serve run`, or the cluster's
+    build task for `serve deploy` and RayService), and travels with the ingress deployment to every
+    replica, so it holds whether or not the replicas' nodes have the variable."""
+    key = resolve_key(cfg.ingress.api_key, cfg.ingress.api_key_env)
     ensure_tiny_models(cfg)
     deployments, cards = {}, {}
     from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
@@ -395,10 +394,11 @@ def application(cfg: ServeConfig):
     for section, ep in cfg.endpoints().items():
         config = llm_config(ep, multimodal=section != "judge")
         deployments[ep.name] = build_llm_deployment(config, deployment_cls=RawPromptServer)
-        cards[ep.name] = to_model_metadata(ep.name, config)
-    ingress_cls = make_fastapi_ingress(TaskIngress, endpoint_map=_endpoint_map(), app=ingress_fastapi_app(cfg.ingress))
+        cards[ep.name] = to_model_metadata(ep.name, config, {"input_modality": "image" if section != "judge" else "text"})
+    ingress_cls = make_fastapi_ingress(TaskIngress, endpoint_map=_endpoint_map(),
+                                       app=ingress_fastapi_app(cfg.ingress, key))
     return serve.deployment(ingress_cls, **ingress_options(cfg.ingress)).bind(
-        llm_deployments=deployments, model_cards=cards, config=dump_config(cfg))
+        llm_deployments=deployments, model_cards=cards, config=dump_config(cfg), has_key=key is not None)
 
 
 def build_app(args: dict[str, Any]):
@@ -432,10 +432,19 @@ def connect_ray(cfg: ServeConfig) -> None:
     _started_ray = True
 
 
+def warn_or_refuse(cfg: ServeConfig) -> None:
+    """Before anything starts: no key on an open host is refused (ExposureError), on loopback one warning line."""
+    warning = check_exposure(cfg.ingress.host, resolve_key(cfg.ingress.api_key, cfg.ingress.api_key_env),
+                             cfg.ingress.api_key_env)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+
+
 def start(cfg: ServeConfig, port: int | None = None, timeout_s: float = 900.0) -> str:
     """Deploy the application and return its base URL once every deployment runs and /healthz answers.
     Joins an initialised Ray (tests, the demo), else `connect_ray`. Raises with the deployments' states
     if it is not up within `timeout_s`."""
+    warn_or_refuse(cfg)
     connect_ray(cfg)
     port = cfg.ingress.port if port is None else port
     target = application(cfg)
@@ -457,7 +466,7 @@ def start(cfg: ServeConfig, port: int | None = None, timeout_s: float = 900.0) -
 
 
 def _wait_ready(base_url: str, cfg: ServeConfig, failure: list, timeout_s: float) -> None:
-    key = cfg.ingress.api_key or (os.environ.get(cfg.ingress.api_key_env) if cfg.ingress.api_key_env else None)
+    key = resolve_key(cfg.ingress.api_key, cfg.ingress.api_key_env)  # the readiness check authenticates
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -470,10 +479,18 @@ def _wait_ready(base_url: str, cfg: ServeConfig, failure: list, timeout_s: float
             try:
                 with urllib.request.urlopen(urllib.request.Request(base_url + "/healthz", headers=headers),
                                             timeout=5) as r:
-                    if r.status == 200:
-                        return
+                    ok = r.status == 200
             except OSError:
-                pass
+                ok = False
+            if ok:
+                if key:  # the key must have reached the replicas: without it, 401
+                    try:
+                        urllib.request.urlopen(base_url + "/healthz", timeout=5).close()
+                    except urllib.error.HTTPError as err:
+                        if err.code == 401:
+                            return
+                    raise RuntimeError("the service answers without the API key: the key did not reach it")
+                return
         time.sleep(1.0)
     raise TimeoutError(f"the serving application is not up after {timeout_s:g}s (a resource request that "
                        f"cannot be met waits silently: check ray.num_cpus and the engines' placement): "
@@ -522,6 +539,7 @@ def run_until_interrupted(cfg: ServeConfig) -> None:
     def interrupt(*_):
         raise KeyboardInterrupt
 
+    check_exposure(cfg.ingress.host, resolve_key(cfg.ingress.api_key, cfg.ingress.api_key_env), cfg.ingress.api_key_env)
     try:
         connect_ray(cfg)  # first: ray.init installs its own SIGTERM handler, which aborts the process
         signal.signal(signal.SIGINT, interrupt)  # also when started in the background, where SIGINT is ignored

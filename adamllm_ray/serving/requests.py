@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from adamllm_ray.families import FAMILIES
 from adamllm_ray.records import DEFAULT_CAPTION_PROMPT
 
 SYNTHESIZE_FIELDS = {"image", "caption", "caption_prompt", "id", "family", "judge", "compose"}
+MAX_ASPECT_RATIO = 200  # Qwen2-VL's image processor refuses more (long side over short side)
 EVALUATE_FIELDS = {"task", "image", "question", "options", "vocabulary", "label", "answer_type", "id", "model",
                    "max_tokens"}
 
@@ -109,11 +111,23 @@ def _image(data: dict, limits: ImageLimits) -> bytes:
             raise RequestError("image", f"not valid base64 ({err})") from None
     elif not isinstance(value, bytes):
         raise RequestError("image", f"must be base64 text or a file part, got {type(value).__name__}")
+    return check_image(value, limits, "image")
+
+
+def check_image(data: bytes, limits: ImageLimits, field: str) -> bytes:
+    """The project's image checks, as the service's refusal: 413 over a size limit, else 400."""
     try:
-        return images.validate(value, limits)
+        checked = images.validate(data, limits)
     except images.ImageError as err:
         status = 413 if "too large" in str(err) else 400
-        raise RequestError("image", str(err), status) from None
+        raise RequestError(field, str(err).replace("source.images.", "images."), status) from None
+    from PIL import Image
+
+    w, h = Image.open(io.BytesIO(checked)).size
+    if max(w, h) > MAX_ASPECT_RATIO * min(w, h):
+        raise RequestError(field, f"aspect ratio of {w}x{h} is over {MAX_ASPECT_RATIO}:1, more than the "
+                                  f"models' image processor takes; crop or pad the image")
+    return checked
 
 
 def _text(data: dict, field: str, required: bool = True, default: str | None = None) -> str | None:
@@ -182,6 +196,9 @@ def parse_synthesize(data: dict, limits: ImageLimits, default_family: str, judge
     family = _text(data, "family", required=False, default=default_family)
     if family not in FAMILIES:
         raise RequestError("family", f"unknown model family {family!r}; known families: {', '.join(sorted(FAMILIES))}")
+    if family != default_family:
+        raise RequestError("family", f"this service's synthesizer is a {default_family} model; {family!r} prompts "
+                                     f"would not match it (leave family out, or send {default_family!r})")
     judge = _flag(data, "judge", judge_available)
     if judge and not judge_available:
         raise RequestError("judge", "no judge model is configured on this service; send judge: false")
