@@ -1,18 +1,23 @@
 """Decode and validate images: a bad image becomes a clear error message, never a crash.
 
 Checks, in order: empty bytes, unrecognised format, decompression bomb (declared size over the
-limit, checked before any pixel is decoded), truncated or corrupt data (full decode). Then the
-image is converted to RGB and downscaled to the pixel cap. Images that are already RGB PNG/JPEG
-within the cap keep their original bytes (no re-encoding on the hot path)."""
+limit, checked before any pixel is decoded), aspect ratio (Qwen2-VL's processor refuses over 200,
+and vLLM then reports an empty error), truncated or corrupt data (full decode). Then the image is
+turned upright (EXIF orientation), brought to 8-bit RGB by scaling (a 16-bit scan clipped by
+`convert("RGB")` comes out white), and downscaled to the pixel cap. Images that are already upright
+8-bit RGB PNG/JPEG within the cap keep their original bytes (no re-encoding on the hot path)."""
 
 from __future__ import annotations
 
 import io
 import warnings
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from adamllm_ray.config import ImageLimits
+
+MAX_ASPECT_RATIO = 200  # Qwen2-VL's image processor refuses more
+ORIENTATION = 0x0112  # EXIF tag
 
 
 class ImageError(ValueError):
@@ -36,6 +41,9 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
                          f"of {limits.max_decoded_pixels:,} (source.images.max_decoded_pixels)")
     if w == 0 or h == 0:
         raise ImageError(f"image has no pixels ({w}x{h})")
+    if max(w, h) / min(w, h) > MAX_ASPECT_RATIO:
+        raise ImageError(f"aspect ratio {w}:{h} ({max(w, h) / min(w, h):.0f} to 1) is over {MAX_ASPECT_RATIO} "
+                         f"to 1, which the model's image processor refuses")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -45,11 +53,44 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
     return img
 
 
+def _rotated(img: Image.Image) -> bool:
+    try:
+        return img.getexif().get(ORIENTATION, 1) not in (1, None)
+    except Exception:
+        return False
+
+
+def to_rgb8(img: Image.Image) -> Image.Image:
+    """8-bit RGB with the full range scaled, not clipped: 16-bit (I;16*, or I holding 0..65535)
+    divided by 257, other int or float images stretched from their own min..max; transparency
+    composited on white."""
+    import numpy as np
+
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        if img.mode.startswith("I;16") or (img.mode == "I" and lo >= 0 and hi <= 65535 and hi > 255):
+            a = a / 257.0
+        elif img.mode == "F" and lo >= 0 and hi <= 1:
+            a = a * 255.0
+        elif lo < 0 or hi > 255:
+            a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else a * 0
+        img = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        img = img.convert("RGBA")
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, img)
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
 def decode(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
-    """The validated image as RGB, within the pixel cap."""
+    """The validated image, upright, as 8-bit RGB, within the pixel cap."""
     img = _open(data, limits)
-    if img.mode != "RGB":
-        img = img.convert("RGB")
+    if _rotated(img):
+        img = ImageOps.exif_transpose(img)
+    img = to_rgb8(img)
     w, h = img.size
     if w * h > limits.max_pixels:
         scale = (limits.max_pixels / (w * h)) ** 0.5
@@ -58,10 +99,10 @@ def decode(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
 
 
 def validate(data: bytes, limits: ImageLimits = ImageLimits()) -> bytes:
-    """Bytes of a valid RGB image within the cap: the original bytes when they already are one."""
+    """Bytes of a valid upright RGB image within the cap: the original bytes when they already are one."""
     img = _open(data, limits)
     w, h = img.size
-    if img.mode == "RGB" and img.format in ("PNG", "JPEG") and w * h <= limits.max_pixels:
+    if img.mode == "RGB" and img.format in ("PNG", "JPEG") and w * h <= limits.max_pixels and not _rotated(img):
         return data
     img = decode(data, limits)
     buf = io.BytesIO()
