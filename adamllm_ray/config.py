@@ -69,6 +69,8 @@ class SourceConfig(Section):
     image_root: str | None = None  # ShareGPT only: folder or prefix the image paths are relative to
     limit: int | None = None  # read at most this many pairs (smoke runs)
     files_per_block: int = 1  # many small files spread over many blocks
+    rows_per_block: int = Field(64, ge=1)  # rows per block after reading: results are written steadily
+    max_caption_chars: int = Field(16384, ge=1)  # a longer caption is an error row at read
     images: ImageLimits = ImageLimits()
 
 
@@ -125,6 +127,7 @@ class SynthesisConfig(Section):
     judge_prompt: str | None = None  # path to another few-shot prompt file; default: the project's own
     mode: Literal["single_stage", "synthetic_only", "caption_only"] = "single_stage"
     resume: bool = True
+    restart: bool = False  # start over: delete this output's earlier results, even when the settings changed
 
 
 class ModelEndpointConfig(EngineConfig):

@@ -33,6 +33,9 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageError(f"not an image: unrecognised format (first bytes {data[:8]!r}, {len(data)} bytes)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:  # cut short inside its header
+        kind = "JPEG" if data[:3] == b"\xff\xd8\xff" else "PNG" if data[:4] == b"\x89PNG" else "image"
+        raise ImageError(f"corrupt or truncated {kind} data: {err}") from None
     finally:
         Image.MAX_IMAGE_PIXELS = saved
     w, h = img.size

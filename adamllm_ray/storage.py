@@ -1,4 +1,5 @@
-"""Local paths and s3:// URIs behind one small API (pyarrow.fs; boto3 for the single-PUT write).
+"""Local paths and s3:// URIs behind one small API (pyarrow.fs: one S3 client per process, multipart
+uploads for large objects).
 
 The S3 endpoint, region and credentials come from the usual AWS environment variables
 (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), so S3-compatible
@@ -7,7 +8,9 @@ stores (MinIO, moto) work the same way as AWS.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import functools
 import os
 import posixpath
 import tempfile
@@ -21,6 +24,14 @@ def is_s3(uri: str) -> bool:
 
 
 def _s3_filesystem() -> pafs.S3FileSystem:
+    return _s3_cached(*(os.environ.get(k) for k in (
+        "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")))
+
+
+@functools.lru_cache(maxsize=4)
+def _s3_cached(*env) -> pafs.S3FileSystem:
+    """One client per process and settings (a new client per call costs a connection per image)."""
     kwargs = {}
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
@@ -112,11 +123,10 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     """Readers see the old object or the whole new one, never a part: temp file + rename locally,
     a single PUT on S3."""
     uri = str(uri)
-    if is_s3(uri):
-        import boto3
-
-        bucket, _, key = uri[len("s3://"):].partition("/")
-        boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=data)
+    if is_s3(uri):  # an S3 object appears whole when its upload completes
+        fs, path = filesystem(uri)
+        with fs.open_output_stream(path) as f:
+            f.write(data)
         return
     path = os.path.abspath(uri)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -139,3 +149,32 @@ def delete_dir(uri: str) -> None:
     fs, path = filesystem(uri)
     if fs.get_file_info(path).type == pafs.FileType.Directory:
         fs.delete_dir(path)
+
+
+@contextlib.contextmanager
+def open_atomic(uri: str):
+    """A binary stream for writing a large file piece by piece; readers see the old file or the whole
+    new one: temp file + rename locally, a multipart upload completed on close on S3."""
+    uri = str(uri)
+    if is_s3(uri):
+        fs, path = filesystem(uri)
+        with fs.open_output_stream(path) as f:
+            yield f
+        return
+    path = os.path.abspath(uri)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def delete_file(uri: str) -> None:
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        fs.delete_file(path)

@@ -3,9 +3,11 @@
     read -> write image -> synthesize (vLLM pool 1) -> parse + pair -> judge (vLLM pool 2) -> compose -> write
 
 Every input row ends in OUT/tasks/*.parquet, as a training example or with its error; at the end the
-driver derives OUT/train.json, OUT/errors/errors.parquet and OUT/summary.json from those files.
-Resume: rows whose id is already in a complete tasks file are not read again, so a re-run after an
-interruption finishes the job without redoing or duplicating rows.
+driver streams OUT/train.json (+ train.jsonl, dataset_info.json), OUT/errors/errors.parquet and
+OUT/summary.json out of those files, and checks them against the rows the readers counted.
+Resume: rows whose id is already in a complete tasks file are skipped before their image is read, so
+a re-run after an interruption finishes the job without redoing or duplicating rows; OUT/signature.json
+records what the outputs depend on, and a re-run with other settings refuses instead of mixing.
 
 Rows that already failed still pass through the engine pools as one-token no-op requests, so the job
 stays a single stream and no row can be lost between branches.
@@ -13,8 +15,9 @@ stays a single stream and no row can be lost between branches.
 
 from __future__ import annotations
 
-import io
+import hashlib
 import json
+import os
 import re
 import time
 import zlib
@@ -22,7 +25,7 @@ from collections import Counter
 from typing import Any
 
 from adamllm_ray import engine, images, records, sources, storage
-from adamllm_ray.config import SynthesisConfig, dump_config
+from adamllm_ray.config import ConfigError, SynthesisConfig, dump_config
 from adamllm_ray.families import get_family
 from adamllm_ray.ray_session import ray_session
 from adamllm_ray.records import ERROR, ID, IMAGE, IMAGE_PATH, error, failed
@@ -130,7 +133,78 @@ def to_task_table(batch):
     return records.to_table([records.unpack(r) for r in batch.to_pylist()], records.task_schema())
 
 
-# ---------------------------------------------------------------- resume and final outputs
+# ---------------------------------------------------------------- what outputs depend on
+
+
+def reserved_strings(family) -> tuple[str, ...]:
+    """Strings a caption may not hold: every special token of the synthesizer's chat format (turn
+    markers, end of text, image placeholders) and the training set's `<image>` placeholder."""
+    f = get_family(family)
+    text = "".join((f.begin, f.system_header, f.user_header, f.assistant_header, f.end_of_turn, f.turn_close,
+                    f.image_placeholder, f.end_of_text))
+    tokens = list(dict.fromkeys(re.findall(r"<\|[^|<>\s]+\|>", text)))
+    return tuple(tokens + ["<image>"])
+
+
+def caption_rules(cfg: SynthesisConfig) -> sources.CaptionRules:
+    return sources.CaptionRules(cfg.source.max_caption_chars, reserved_strings(cfg.family))
+
+
+def signature(cfg: SynthesisConfig) -> dict[str, Any]:
+    """Everything a row's outputs depend on; pool sizes, batch sizes and paths are left out."""
+    def engine_part(e):
+        return None if e is None else e.model_dump(mode="json", include={
+            "model", "dtype", "max_model_len", "engine_kwargs", "sampling"})
+
+    judge_text = load_judge_prompt(cfg.judge_prompt) if cfg.judge is not None else None
+    return {"family": cfg.family, "mode": cfg.mode, "synthesizer": engine_part(cfg.synthesizer),
+            "judge": engine_part(cfg.judge),
+            "judge_prompt_sha256": hashlib.sha256(judge_text.encode()).hexdigest() if judge_text else None,
+            "source": {"format": cfg.source.format, "max_caption_chars": cfg.source.max_caption_chars,
+                       "images": cfg.source.images.model_dump(mode="json")}}
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else k))
+    return out
+
+
+def signature_changes(old: dict, new: dict) -> list[str]:
+    a, b = _flat(old), _flat(new)
+    return [f"{k}: {json.dumps(a.get(k))} -> {json.dumps(b.get(k))}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+OUTPUTS = ("tasks", "images", "errors", "train.json", "train.jsonl", "dataset_info.json", "summary.json",
+           "signature.json")
+
+
+def prepare_output(cfg: SynthesisConfig) -> None:
+    """Start over (restart, or resume off), or check the earlier run's signature; record this one."""
+    out = cfg.output
+    sig_uri = storage.join(out, "signature.json")
+    new = signature(cfg)
+    if cfg.restart or not cfg.resume:
+        for name in OUTPUTS:
+            storage.delete_dir(storage.join(out, name))
+            storage.delete_file(storage.join(out, name))
+    elif storage.exists(sig_uri):
+        changes = signature_changes(json.loads(storage.read_bytes(sig_uri)), new)
+        if changes:
+            raise ConfigError(
+                f"{out} holds results made with other settings; resuming would mix them. Changed:\n  "
+                + "\n  ".join(changes) + "\nUse another output folder, or set restart: true (override restart=true) "
+                "to delete those results and start over.")
+    elif task_files(out):
+        raise ConfigError(f"{out} holds task files but no signature.json (what they were made with is unknown); "
+                          "set restart: true (override restart=true) to start over, or use another output folder.")
+    storage.write_text_atomic(sig_uri, json.dumps(new, indent=2, sort_keys=True))
+
+
+# ---------------------------------------------------------------- resume
 
 
 def task_files(out: str) -> list[str]:
@@ -138,24 +212,68 @@ def task_files(out: str) -> list[str]:
     return storage.list_files(tasks, (".parquet",)) if storage.exists(tasks) else []
 
 
+def complete(uri: str) -> bool:
+    """A parquet file ends with its footer and the magic bytes: a file cut short by an interruption
+    does not. A storage error is raised, never taken for an incomplete file."""
+    fs, path = storage.filesystem(uri)
+    with fs.open_input_file(path) as f:
+        size = f.size()
+        if size < 12:
+            return False
+        f.seek(size - 4)
+        return f.read(4) == b"PAR1"
+
+
 def completed_ids(out: str) -> set[str]:
-    """Ids in complete tasks files. A file cut short by an interruption has no footer: it is
-    removed, and its rows are done again."""
+    """Ids in complete tasks files. A provably incomplete file is removed and its rows are done again."""
     import pyarrow.parquet as pq
 
     done: set[str] = set()
     for f in task_files(out):
+        if not complete(f):
+            storage.delete_file(f)
+            continue
         fs, path = storage.filesystem(f)
-        try:
-            done.update(pq.read_table(path, filesystem=fs, columns=[ID]).column(ID).to_pylist())
-        except Exception:
-            fs.delete_file(path)
+        done.update(pq.read_table(path, filesystem=fs, columns=[ID]).column(ID).to_pylist())
     return done
 
 
-def finalize(cfg: SynthesisConfig, wall_s: float, resumed: set[str]) -> dict[str, Any]:
-    """train.json, errors/errors.parquet and summary.json from every tasks file (this run's and
-    earlier interrupted runs')."""
+# ---------------------------------------------------------------- final outputs, streamed
+
+
+class AccountingError(RuntimeError):
+    """The outputs do not hold every row read exactly once."""
+
+
+def dataset_info() -> dict:
+    """LLaMA-Factory's registration of train.json: sharegpt format, `messages` and `images` columns."""
+    return {"adamllm_synthesis": {
+        "file_name": "train.json", "formatting": "sharegpt",
+        "columns": {"messages": "messages", "images": "images"},
+        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}}}
+
+
+def _task_batches(out: str):
+    import pyarrow.parquet as pq
+
+    for f in task_files(out):
+        fs, path = storage.filesystem(f)
+        with fs.open_input_file(path) as fh:
+            for b in pq.ParquetFile(fh).iter_batches(batch_size=1024):
+                yield from b.to_pylist()
+
+
+def _id_check(expected: Any, seen: Counter) -> tuple[list[str], list[str]]:
+    missing = [i for i in expected if i not in seen]
+    doubled = [i for i, n in seen.items() if n > 1]
+    return missing, doubled
+
+
+def finalize(cfg: SynthesisConfig, wall_s: float, resumed: set[str], scan: sources.Scan | None = None) -> dict[str, Any]:
+    """train.json, train.jsonl, dataset_info.json, errors/errors.parquet and summary.json, streamed
+    from every tasks file (this run's and earlier interrupted runs'), one row in memory at a time.
+    With the readers' count (`scan`), the outputs are checked against the rows read: a lost or
+    doubled row fails the run, named."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -163,15 +281,24 @@ def finalize(cfg: SynthesisConfig, wall_s: float, resumed: set[str]) -> dict[str
     c: Counter = Counter()
     verdicts: Counter = Counter()
     error_stages: Counter = Counter()
-    examples, error_rows = [], []
-    for f in task_files(out):
-        fs, path = storage.filesystem(f)
-        for r in pq.read_table(path, filesystem=fs).to_pylist():
+    seen: Counter = Counter()
+    err_schema = pa.schema([(k, pa.string()) for k in (ID, IMAGE_PATH, records.CAPTION, "stage", "message")])
+    with storage.open_atomic(storage.join(out, "train.json")) as tj, \
+            storage.open_atomic(storage.join(out, "train.jsonl")) as tl, \
+            storage.open_atomic(storage.join(out, "errors", "errors.parquet")) as ef:
+        errors = pq.ParquetWriter(ef, err_schema)
+        tj.write(b"[")
+        pending: list[dict] = []
+        for r in _task_batches(out):
+            seen[r[ID]] += 1
             c["rows"] += 1
             if r[ERROR]:
                 error_stages[r[ERROR]["stage"]] += 1
-                error_rows.append({ID: r[ID], IMAGE_PATH: r[IMAGE_PATH], records.CAPTION: r[records.CAPTION],
-                                   "stage": r[ERROR]["stage"], "message": r[ERROR]["message"]})
+                pending.append({ID: r[ID], IMAGE_PATH: r[IMAGE_PATH], records.CAPTION: r[records.CAPTION],
+                                "stage": r[ERROR]["stage"], "message": r[ERROR]["message"]})
+                if len(pending) >= 1024:
+                    errors.write_table(pa.Table.from_pylist(pending, schema=err_schema))
+                    pending = []
             if r[ID] not in resumed:
                 c["this_run"] += 1
                 c["this_run_tokens"] += r["output_tokens"] or 0
@@ -184,17 +311,25 @@ def finalize(cfg: SynthesisConfig, wall_s: float, resumed: set[str]) -> dict[str
             if r[records.RESPONSE] is not None:
                 c["kept"] += 1
             if r[records.MESSAGES]:
-                examples.append({ID: r[ID], "images": [r[IMAGE_PATH]], "messages": r[records.MESSAGES]})
+                example = json.dumps({ID: r[ID], "images": [r[IMAGE_PATH]], "messages": r[records.MESSAGES]},
+                                     ensure_ascii=False)
+                tj.write((",\n" if c["examples"] else "\n").encode() + example.encode())
+                tl.write(example.encode() + b"\n")
+                c["examples"] += 1
                 c["caption_only"] += r[records.RESPONSE] is None
-    storage.write_text_atomic(storage.join(out, "train.json"), json.dumps(examples, ensure_ascii=False, indent=1))
-    buf = io.BytesIO()
-    err_schema = pa.schema([(k, pa.string()) for k in (ID, IMAGE_PATH, records.CAPTION, "stage", "message")])
-    pq.write_table(pa.Table.from_pylist(error_rows, schema=err_schema), buf)
-    storage.write_bytes_atomic(storage.join(out, "errors", "errors.parquet"), buf.getvalue())
+            elif not r[ERROR]:
+                c["left_out"] += 1
+        tj.write(b"\n]\n")
+        errors.write_table(pa.Table.from_pylist(pending, schema=err_schema))
+        errors.close()
+    storage.write_text_atomic(storage.join(out, "dataset_info.json"), json.dumps(dataset_info(), indent=2))
 
+    read = scan.read if scan is not None else c["rows"]
     counts = {
-        "read": c["rows"],
+        "read": read,
         "bad_input": error_stages["read"],
+        "duplicate_pairs": scan.duplicate_pairs if scan is not None else None,
+        "repeated_ids": len(scan.repeat_pos_ids) if scan is not None else None,
         "synthesized": c["synthesized"],
         "rows_with_pairs": c["rows_with_pairs"],
         "pairs_parsed": c["pairs_parsed"],
@@ -202,29 +337,43 @@ def finalize(cfg: SynthesisConfig, wall_s: float, resumed: set[str]) -> dict[str
         "verdicts": dict(verdicts) if cfg.judge is not None else None,
         "kept": c["kept"],
         "caption_only": c["caption_only"],
-        "examples": len(examples),
+        "left_out_by_mode": c["left_out"],
+        "examples": c["examples"],
         "errors": sum(error_stages.values()),
         "errors_by_stage": dict(error_stages),
     }
+    missing, doubled = _id_check(scan.expected_ids(), seen) if scan is not None else ([], [])
     checks = {
+        "rows read (counted by the readers) = rows in the outputs": read == c["rows"],
+        "every id read is in the outputs once": not missing and not doubled,
         "every row is an example, an error, or left out by the mode":
-            counts["examples"] + counts["errors"] + (counts["read"] - counts["errors"] - counts["examples"]
-                                                     if cfg.mode == "synthetic_only" else 0) == counts["read"],
+            counts["examples"] + counts["errors"] + counts["left_out_by_mode"] == read,
+        "rows left out only in synthetic_only mode": cfg.mode == "synthetic_only" or not counts["left_out_by_mode"],
         "examples = kept + caption_only": counts["examples"] == counts["kept"] + counts["caption_only"],
         "synthesized + errors before synthesis = read":
-            counts["synthesized"] + error_stages["read"] + error_stages["synthesize"] == counts["read"],
+            counts["synthesized"] + error_stages["read"] + error_stages["synthesize"] == read,
     }
     summary = {
         "counts": counts,
         "checks": checks,
         "this_run": {"rows": c["this_run"], "output_tokens": c["this_run_tokens"], "wall_s": round(wall_s, 2),
-                     "rows_per_s": round(c["this_run"] / wall_s, 2), "resumed_rows": len(resumed),
-                     "output_tokens_per_s": round(c["this_run_tokens"] / wall_s, 2)},
+                     "rows_per_s": round(c["this_run"] / wall_s, 2) if wall_s else 0.0,
+                     "resumed_rows": len(resumed),
+                     "output_tokens_per_s": round(c["this_run_tokens"] / wall_s, 2) if wall_s else 0.0},
         "outputs": {k: storage.join(out, v) for k, v in
-                    (("train", "train.json"), ("images", "images"), ("tasks", "tasks"), ("errors", "errors"))},
+                    (("train", "train.json"), ("train_jsonl", "train.jsonl"), ("dataset_info", "dataset_info.json"),
+                     ("images", "images"), ("tasks", "tasks"), ("errors", "errors"))},
         "config": dump_config(cfg),
     }
+    if missing or doubled:
+        summary["accounting"] = {"missing_ids": missing[:100], "doubled_ids": doubled[:100]}
     storage.write_text_atomic(storage.join(out, "summary.json"), json.dumps(summary, indent=2))
+    if not all(checks.values()):
+        failed_checks = [k for k, ok in checks.items() if not ok]
+        raise AccountingError(
+            f"synthesis outputs in {out} do not add up ({'; '.join(failed_checks)}): "
+            f"{len(missing)} id(s) read but missing from the outputs {missing[:20]}, "
+            f"{len(doubled)} id(s) doubled {doubled[:20]} (summary.json has the counts)")
     return summary
 
 
@@ -237,6 +386,8 @@ def print_summary(summary: dict) -> None:
     if c["verdicts"] is not None:
         print(f"  {'verdicts':<16}{json.dumps(c['verdicts']):>10}")
     print(f"  {'errors by stage':<16}{json.dumps(c['errors_by_stage'])}")
+    if c.get("duplicate_pairs"):
+        print(f"  {c['duplicate_pairs']} repeated image+caption pair(s) in the input")
     print(f"  this run: {r['rows']} rows in {r['wall_s']:.1f}s ({r['rows_per_s']} rows/s, "
           f"{r['output_tokens_per_s']} output tokens/s); {r['resumed_rows']} rows done by an earlier run")
     print(f"  all checks pass: {all(summary['checks'].values())}")
@@ -247,25 +398,25 @@ def run(cfg: SynthesisConfig) -> dict:
     out = cfg.output
     if cfg.judge is not None:
         load_judge_prompt(cfg.judge_prompt)  # a refused template stops the job before Ray starts
-    with ray_session(cfg.ray) as ray:
-        done = completed_ids(out) if cfg.resume else set()
-        if not cfg.resume:
-            storage.delete_dir(storage.join(out, "tasks"))
+    prepare_output(cfg)
+    done = completed_ids(out) if cfg.resume else set()
+    rules = caption_rules(cfg)
+    with ray_session(cfg.ray):
         t0 = time.perf_counter()
-        ds = sources.read_pairs(cfg.source)
-        if done:
-            done_ref = ray.put(done)
-            ds = ds.filter(lambda row: row[ID] not in ray.get(done_ref), num_cpus=engine.SIDE_STAGE_CPUS)
-        ds = ds.map_batches(write_images(out), batch_format="pyarrow", num_cpus=engine.SIDE_STAGE_CPUS)
-        ds = method_stages(cfg, ds)
-        ds = ds.map_batches(to_task_table, batch_format="pyarrow", num_cpus=engine.SIDE_STAGE_CPUS)
-        fs, path = storage.filesystem(storage.join(out, "tasks"))
-        # file names carry a per-run write id: runs never overwrite. A light CPU request like the other
-        # side stages: at Ray's default of 1 CPU the writes wait until the engines have finished, and
-        # every row stays buffered in the object store until then.
-        ds.write_parquet(path, filesystem=fs, ray_remote_args={"num_cpus": engine.SIDE_STAGE_CPUS})
+        index = sources.read_index(cfg.source, rules)
+        scan = sources.scan_index(index)
+        if scan.to_do(done):  # a run whose rows are all done starts no engine
+            gate = scan.gate(done, drop=os.environ.get(sources.DROP_ENV))
+            ds = sources.read_rows(cfg.source, index, gate, rules)
+            ds = ds.map_batches(write_images(out), batch_format="pyarrow", num_cpus=engine.SIDE_STAGE_CPUS)
+            ds = method_stages(cfg, ds)
+            ds = ds.map_batches(to_task_table, batch_format="pyarrow", num_cpus=engine.SIDE_STAGE_CPUS)
+            fs, path = storage.filesystem(storage.join(out, "tasks"))
+            # file names carry a per-run write id: runs never overwrite. A light CPU request like the other
+            # side stages: at Ray's default of 1 CPU the writes wait until the engines have finished, and
+            # every row stays buffered in the object store until then.
+            ds.write_parquet(path, filesystem=fs, ray_remote_args={"num_cpus": engine.SIDE_STAGE_CPUS})
         wall = time.perf_counter() - t0
-    summary = finalize(cfg, wall, done)
+    summary = finalize(cfg, wall, done, scan)
     print_summary(summary)
     return summary
-
