@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 
 # Logical CPUs asked by the light Ray Data stages (read, prepare, parse, compose). Equal requests let
@@ -27,6 +28,73 @@ class Section(BaseModel):
 
 class ConfigError(ValueError):
     """A config file or override that does not fit its model; the message names key and file."""
+
+
+# ---------------------------------------------------------------- paths
+# Ray workers, Train workers and Serve replicas do not run in the directory a command was started
+# in, so every local path is made absolute when the config is loaded (against `base`, the command's
+# directory), before anything leaves the driver. s3:// URIs and hub ids pass unchanged. Existence is
+# checked only where the config is loaded for a command (`check` in the validation context), not when
+# a worker re-validates a config that was already resolved.
+
+_GLOB = set("*?[")
+
+
+def _base(info: ValidationInfo) -> Path:
+    return Path((info.context or {}).get("base") or os.getcwd())
+
+
+def _is_uri(value: str) -> bool:
+    return "://" in value
+
+
+def _resolve(value: str | None, info: ValidationInfo) -> str | None:
+    if value is None or _is_uri(value) or not value:
+        return value
+    return str((_base(info) / Path(value).expanduser()).resolve())
+
+
+def _must_exist(path: str, info: ValidationInfo) -> None:
+    if (info.context or {}).get("check") and not _is_uri(path) and not _GLOB & set(path) and not Path(path).exists():
+        raise ValueError(f"path {path!r} does not exist (relative paths are resolved against {_base(info)})")
+
+
+def _output_path(value: str, info: ValidationInfo) -> str:
+    return _resolve(value, info)
+
+
+def _input_path(value: str | None, info: ValidationInfo) -> str | None:
+    value = _resolve(value, info)
+    if value is not None:
+        _must_exist(value, info)
+    return value
+
+
+def looks_local(value: str, base: Path) -> bool:
+    """A model given as a relative path, not a hub id (`org/name`): it starts with `.`, `/` or `~`,
+    has more than one `/`, or its first part exists where the command runs."""
+    if _is_uri(value):
+        return False
+    first = value.split("/", 1)[0]
+    return value.startswith((".", "/", "~")) or value.count("/") > 1 or (base / first).exists()
+
+
+def _model_path(value: str, info: ValidationInfo) -> str:
+    return _resolve(value, info) if looks_local(value, _base(info)) else value
+
+
+OutputPath = Annotated[str, AfterValidator(_output_path)]  # resolved, may not exist yet
+InputPath = Annotated[str, AfterValidator(_input_path)]  # resolved, must exist (globs and s3:// aside)
+ModelPath = Annotated[str, AfterValidator(_model_path)]  # a local folder (resolved) or a hub id
+
+
+def check_model_exists(model: str, info: ValidationInfo) -> None:
+    """A model that is a local path must be there when the command starts."""
+    if not _is_uri(model) and Path(model).is_absolute():
+        try:
+            _must_exist(model, info)
+        except ValueError as err:
+            raise ValueError(f"model {err}") from None
 
 
 # ---------------------------------------------------------------- shared sections
@@ -65,8 +133,8 @@ class SourceConfig(Section):
     """Where the image-caption pairs come from."""
 
     format: Literal["sharegpt", "parquet", "webdataset"]
-    path: str  # a file, a folder or a glob; local or s3://
-    image_root: str | None = None  # ShareGPT only: folder or prefix the image paths are relative to
+    path: InputPath  # a file, a folder or a glob; local or s3://
+    image_root: InputPath | None = None  # ShareGPT only: folder or prefix the image paths are relative to
     limit: int | None = None  # read at most this many pairs (smoke runs)
     files_per_block: int = 1  # many small files spread over many blocks
     rows_per_block: int = Field(64, ge=1)  # rows per block after reading: results are written steadily
@@ -85,7 +153,7 @@ class SamplingConfig(Section):
 class EngineConfig(Section):
     """One vLLM engine pool (engine.py turns it into a ray.data.llm processor)."""
 
-    model: str  # local folder, s3:// prefix, or hub id
+    model: ModelPath  # local folder, s3:// prefix, or hub id
     accelerator: Literal["cpu", "gpu"] = "cpu"
     tensor_parallel_size: int = 1
     concurrency: int | tuple[int, int] = 1  # pool size, or [min, max] to autoscale
@@ -102,6 +170,12 @@ class EngineConfig(Section):
     @classmethod
     def _positive(cls, v):
         return check_range("concurrency", v)
+
+    @model_validator(mode="after")
+    def _model_exists(self, info: ValidationInfo):
+        if getattr(self, "tiny", None) is None:  # a served tiny model is built where it is missing
+            check_model_exists(self.model, info)
+        return self
 
 
 class RayConfig(Section):
@@ -120,11 +194,11 @@ class SynthesisConfig(Section):
     ray: RayConfig = RayConfig()
     s3: S3Config = S3Config()
     source: SourceConfig
-    output: str  # folder, local or s3://
-    family: Literal["llava_next_llama3", "qwen2_vl"] = "llava_next_llama3"
+    output: OutputPath  # folder, local or s3://
+    family: Literal["llava_next_llama3", "qwen2_vl", "mllama"] = "llava_next_llama3"
     synthesizer: EngineConfig
     judge: EngineConfig | None = None  # None: no filter, every triplet is kept
-    judge_prompt: str | None = None  # path to another few-shot prompt file; default: the project's own
+    judge_prompt: InputPath | None = None  # path to another few-shot prompt file; default: the project's own
     mode: Literal["single_stage", "synthetic_only", "caption_only"] = "single_stage"
     resume: bool = True
     restart: bool = False  # start over: delete this output's earlier results, even when the settings changed
@@ -139,7 +213,8 @@ class ModelEndpointConfig(EngineConfig):
     accelerator_type: str | None = None  # GPU only: a Ray accelerator type (A10G, L4, A100, ...) to place on
     target_ongoing_requests: float = 16
     max_ongoing_requests: int = 64
-    tiny: Literal["qwen2_vl", "text"] | None = None  # build this tiny model at `model` when it is missing
+    tiny: Literal["qwen2_vl", "llava_next_llama3", "mllama", "text"] | None = None  # build this tiny model at `model` when it is missing
+    family: Literal["qwen2_vl", "llava_next_llama3", "mllama"] | None = None  # the evaluator's chat format; default: `family`
 
 
 class IngressConfig(Section):
@@ -172,10 +247,10 @@ class IngressConfig(Section):
 class ServeConfig(Section):
     ray: RayConfig = RayConfig(num_cpus=4)  # local: Serve's ingress needs 4 logical CPUs beside the engines
     ingress: IngressConfig = IngressConfig()
-    family: Literal["llava_next_llama3", "qwen2_vl"] = "llava_next_llama3"  # default of /v1/synthesize
+    family: Literal["llava_next_llama3", "qwen2_vl", "mllama"] = "llava_next_llama3"  # default of /v1/synthesize
     synthesizer: ModelEndpointConfig
     judge: ModelEndpointConfig | None = None  # None: /v1/synthesize keeps every triplet
-    judge_prompt: str | None = None
+    judge_prompt: InputPath | None = None
     evaluator: ModelEndpointConfig | None = None  # None: /v1/evaluate asks the synthesizer
     mode: Literal["single_stage", "synthetic_only", "caption_only"] = "single_stage"
     images: ImageLimits = ImageLimits()  # over max_decoded_pixels: 413; over max_pixels: downscaled
@@ -200,8 +275,8 @@ class ServeConfig(Section):
 class TrainDataConfig(Section):
     """The training set (SPEC §3): ShareGPT JSON written by the synthesis run, images relative to the file."""
 
-    path: str  # a ShareGPT .json/.jsonl file, a folder or a glob of them; local or s3://
-    image_root: str | None = None  # default: the folder of each JSON file
+    path: InputPath  # a ShareGPT .json/.jsonl file, a folder or a glob of them; local or s3://
+    image_root: InputPath | None = None  # default: the folder of each JSON file
     mode: Literal["single_stage", "two_stage", "synthetic_only", "caption_only"] = "single_stage"
     caption_prompts: list[str] = ["Describe the image."]  # user prompts (without <image>) of the caption task
     synthesizer_tuning: bool = False  # loss on everything after the first round, end-of-text trained
@@ -254,12 +329,12 @@ class TrainCheckpointConfig(Section):
 class TrainConfig(Section):
     ray: RayConfig = RayConfig()
     s3: S3Config = S3Config()
-    model: str  # local folder, s3:// prefix or hub id
-    family: Literal["qwen2_vl", "llava_next", "mllama"] = "qwen2_vl"
+    model: ModelPath  # local folder, s3:// prefix or hub id
+    family: Literal["qwen2_vl", "llava_next_llama3", "mllama"] = "qwen2_vl"
     data: TrainDataConfig
-    output: str  # folder, local or s3://: checkpoints under OUTPUT/NAME/, the exported model in OUTPUT/NAME/model
+    output: OutputPath  # folder, local or s3://: checkpoints under OUTPUT/NAME/, the exported model in OUTPUT/NAME/model
     name: str = "train"
-    resume_from: str | None = None  # a checkpoint folder (local or s3://) to start a new run from
+    resume_from: InputPath | None = None  # a checkpoint folder (local or s3://) to start a new run from
     scaling: TrainScalingConfig = TrainScalingConfig()
     zero_stage: Literal[2, 3] = 2
     precision: Literal["bf16", "fp32"] = "bf16"
@@ -274,6 +349,11 @@ class TrainConfig(Section):
     max_failures: int = 0  # worker-group restarts from the latest checkpoint
     export: bool = True  # write a Hugging Face folder at the end
     export_dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bfloat16 when trained in bf16
+
+    @model_validator(mode="after")
+    def _model_exists(self, info: ValidationInfo):
+        check_model_exists(self.model, info)
+        return self
 
     @model_validator(mode="after")
     def _batch_fits(self):
@@ -295,6 +375,7 @@ class EvalModelConfig(EngineConfig):
 
     name: str  # the report's column and the folder predictions/<name>/
     family: Literal["qwen2_vl", "llava_next_llama3", "mllama"] = "qwen2_vl"
+    max_model_len: int = 6144  # the authors' evaluation length
     paper: str | None = None  # a model of the paper's tables: Qwen2-VL-2B, AdaMLLM-med-2B, AdaMLLM-food-2B
 
     @field_validator("name")
@@ -318,8 +399,8 @@ class EvalTaskConfig(Section):
     """One benchmark: a folder of parquet files (or a Hugging Face `save_to_disk` folder of arrow files)."""
 
     name: str  # slake, pathvqa, vqa_rad, pmc_vqa, recipe1m, nutrition5k, food101, foodseg103
-    data: str  # folder, local or s3://
-    vocabulary: str | None = None  # JSON file of phrases/class names; default: DATA/vocabulary.json when present
+    data: InputPath  # folder, local or s3://
+    vocabulary: InputPath | None = None  # JSON file of phrases/class names; default: DATA/vocabulary.json when present
     limit: int | None = Field(None, ge=1)  # the first N examples only (smoke runs)
     max_new_tokens: int | None = Field(None, ge=1)  # default: the paper's budget (1024; 256 for food tasks)
 
@@ -336,7 +417,7 @@ class EvalTaskConfig(Section):
 class EvaluateConfig(Section):
     ray: RayConfig = RayConfig()
     s3: S3Config = S3Config()
-    output: str  # folder, local or s3://: predictions/, errors.jsonl, metrics.json, report.md, report.png
+    output: OutputPath  # folder, local or s3://: predictions/, errors.jsonl, metrics.json, report.md, report.png
     models: list[EvalModelConfig] = Field(min_length=1)
     tasks: list[EvalTaskConfig] = Field(min_length=1)
     images: ImageLimits = ImageLimits()  # a benchmark image over max_decoded_pixels is an error row
@@ -385,19 +466,25 @@ def _describe(err: ValidationError, source: str) -> str:
             lines.append(f"{source}: unknown key '{key}'")
         elif e["type"] == "missing":
             lines.append(f"{source}: missing key '{key}'")
+        elif e["type"] == "value_error":  # our own messages say what was given
+            lines.append(f"{source}: key '{key}': {e['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"{source}: key '{key}': {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)
 
 
-def validate(model: type[C], data: dict[str, Any], source: str = "config") -> C:
+def validate(model: type[C], data: dict[str, Any], source: str = "config", base: str | os.PathLike | None = None,
+             check_paths: bool = True) -> C:
+    """The config as `model`, local paths resolved against `base` (default: the current directory)
+    and, with `check_paths`, checked to exist where an input is required."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context={"base": str(base or os.getcwd()), "check": check_paths})
     except ValidationError as err:
         raise ConfigError(_describe(err, source)) from None
 
 
-def load_config(model: type[C], path: str | os.PathLike | None, overrides: list[str] = ()) -> C:
+def load_config(model: type[C], path: str | os.PathLike | None, overrides: list[str] = (),
+                check_paths: bool = True) -> C:
     data: dict[str, Any] = {}
     source = "command line"
     if path is not None:
@@ -412,7 +499,7 @@ def load_config(model: type[C], path: str | os.PathLike | None, overrides: list[
             raise ConfigError(f"{path}: the top level must be a mapping of keys")
     if overrides:
         source += " + overrides"
-    return validate(model, apply_overrides(data, list(overrides)), source)
+    return validate(model, apply_overrides(data, list(overrides)), source, check_paths=check_paths)
 
 
 def dump_config(cfg: BaseModel) -> dict[str, Any]:

@@ -15,6 +15,13 @@ synthesizer: {model: m, concurrency: 1}
 """
 
 
+@pytest.fixture(autouse=True)
+def _in_project(tmp_path, monkeypatch):
+    """GOOD's relative paths exist in the directory the command runs in."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+
+
 def test_misspelled_key_names_key_and_file(tmp_path):
     p = tmp_path / "job.yaml"
     p.write_text(GOOD.replace("concurrency: 1", "concurency: 1"))
@@ -28,6 +35,8 @@ def test_overrides_and_types(tmp_path):
     p.write_text(GOOD)
     cfg = load_config(SynthesisConfig, p, ["synthesizer.concurrency=[1,4]", "source.limit=10"])
     assert cfg.synthesizer.concurrency == (1, 4) and cfg.source.limit == 10
+    assert cfg.source.path == str(tmp_path / "data") and cfg.output == str(tmp_path / "out")
+    assert cfg.synthesizer.model == "m", "a bare name that is not a local path stays a hub id"
     with pytest.raises(ConfigError, match="synthesizer.concurrency"):
         load_config(SynthesisConfig, p, ["synthesizer.concurrency=[4,1]"])
     with pytest.raises(ConfigError, match="missing key 'output'"):
@@ -43,6 +52,30 @@ def test_cli_reports_config_errors_without_traceback(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert "unknown key 'typo_key'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_relative_paths_resolve_against_the_command_directory(tmp_path):
+    """A job config's relative paths are made absolute where the command starts, before any Ray
+    worker sees them; a required one that is not there is named with the directory it was looked for in."""
+    from conftest import ROOT
+
+    r = subprocess.run([sys.executable, "-m", "adamllm_ray.cli", "train", "--config",
+                        str(ROOT / "jobs" / "train" / "tiny_cpu.yaml")], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "Repo id" not in r.stderr
+    assert f"key 'data.path': path '{tmp_path}/demo-output/synthesis/train.json' does not exist" in r.stderr
+    assert f"resolved against {tmp_path}" in r.stderr
+    (tmp_path / "models" / "m").mkdir(parents=True)
+    p = tmp_path / "job.yaml"
+    p.write_text(GOOD.replace("model: m", "model: models/m") + "judge_prompt: prompts/missing.txt\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(SynthesisConfig, p)
+    assert f"key 'judge_prompt': path '{tmp_path}/prompts/missing.txt' does not exist" in str(err.value)
+    cfg = load_config(SynthesisConfig, p, ["judge_prompt=null"])
+    assert cfg.synthesizer.model == str(tmp_path / "models" / "m"), "an existing relative folder is a local model"
+    assert load_config(SynthesisConfig, p, ["synthesizer.model=Qwen/Qwen2-VL-2B-Instruct", "judge_prompt=null"]
+                       ).synthesizer.model == "Qwen/Qwen2-VL-2B-Instruct"
+    assert load_config(SynthesisConfig, p, ["output=s3://bucket/out", "judge_prompt=null"]).output == "s3://bucket/out"
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))

@@ -82,8 +82,8 @@ def test_job_config_loads_into_its_commands_model(path):
     model = getattr(config, MODELS[folder], None)
     if model is None:
         pytest.skip(f"adamllm_ray.config.{MODELS[folder]} does not exist yet")
-    try:
-        config.load_config(model, path)
+    try:  # the paths a job names exist where it runs (a cluster, or after the demo), not necessarily here
+        config.load_config(model, path, check_paths=False)
     except config.ConfigError as err:
         pytest.fail(str(err))
 
