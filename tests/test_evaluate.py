@@ -19,9 +19,9 @@ from adamllm_ray.config import ConfigError, EvalTaskConfig, EvaluateConfig, load
 from adamllm_ray.evaluation import report, run
 from adamllm_ray.evaluation.benchmark import BenchmarkError, iter_examples, plan_task
 from adamllm_ray.evaluation.make_benchmark import BROKEN_ROW, TASK_NAMES, write_benchmark
-from adamllm_ray.evaluation.prompts import evaluation_prompt
+from adamllm_ray.evaluation.prompts import evaluation_prompt, prompt_text
 from adamllm_ray.evaluation.score import score_file
-from adamllm_ray.evaluation.tasks import TASKS
+from adamllm_ray.evaluation.tasks import TASKS, RecordError
 
 N = 4  # examples per task in the end-to-end run
 LONG_ROW = 2  # recipe1m row whose question is longer than the model: an engine error
@@ -47,28 +47,73 @@ def examples(name: str, data, **kw) -> list[dict]:
 # ---------------------------------------------------------------- prompts
 
 
-def test_qwen2_vl_prompt_is_its_chat_template_rendering():
-    import jinja2
-
-    from adamllm_ray.tiny import QWEN2_VL_CHAT_TEMPLATE
-
-    text = "Question: What color is the circle? The choices are: A. red, B. blue, C. green, D. black"
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-    rendered = jinja2.Template(QWEN2_VL_CHAT_TEMPLATE).render(messages=messages, add_generation_prompt=True)
-    assert evaluation_prompt("qwen2_vl", text) == rendered == (
+# Written out from SPEC.md §4 ("How the authors ask"), not produced by the code under test.
+PMC_EXAMPLE = {"question": "Which organ is shown?", "options": ["Liver", "Spleen", "Heart", "Lung"]}
+PMC_TEXT = "Question: Which organ is shown? The choices are: A. Liver, B. Spleen, C. Heart, D. Lung"
+LLAVA_SYSTEM = ("You are a helpful language and vision assistant. You are able to understand the visual content "
+                "that the user provides, and assist the user with a variety of tasks using natural language.")
+EXPECTED_PROMPTS = {
+    "qwen2_vl": (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-        f"<|vision_start|><|image_pad|><|vision_end|>{text}<|im_end|>\n<|im_start|>assistant\n")
+        "<|vision_start|><|image_pad|><|vision_end|>" + PMC_TEXT + "<|im_end|>\n<|im_start|>assistant\n"),
+    "llava_next_llama3": (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n" + LLAVA_SYSTEM + "<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\n<|reserved_special_token_4|>\n" + PMC_TEXT + "<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"),
+    "mllama": (
+        "<|start_header_id|>user<|end_header_id|>\n\n<|image|>" + PMC_TEXT + "<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"),
+}
 
 
-def test_llama_family_prompts():
-    assert evaluation_prompt("mllama", "Q?") == (
-        "<|start_header_id|>user<|end_header_id|>\n\n<|image|>Q?<|eot_id|>"
+@pytest.mark.parametrize("family", sorted(EXPECTED_PROMPTS))
+def test_evaluation_prompt_of_each_family_is_the_authors(family):
+    assert evaluation_prompt(family, "pmc_vqa", PMC_EXAMPLE) == EXPECTED_PROMPTS[family]
+    assert evaluation_prompt(family, PMC_TEXT) == EXPECTED_PROMPTS[family]
+
+
+def test_input_is_the_prompt_verbatim():
+    # the authors' sets carry the full prompt in `input`; it is sent unchanged, even where the table
+    # would build another text from the other columns
+    text = "  Question: what is this?\nThe choices are: A. x, B. y, C. z, D. w  "
+    example = {**PMC_EXAMPLE, "input": text}
+    assert evaluation_prompt("mllama", "pmc_vqa", example) == (
+        "<|start_header_id|>user<|end_header_id|>\n\n<|image|>" + text + "<|eot_id|>"
         "<|start_header_id|>assistant<|end_header_id|>\n\n")
-    llava = evaluation_prompt("llava_next_llama3", "Q?")
-    assert llava.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are a helpful "
-                            "language and vision assistant.")
-    assert llava.endswith("<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n<|reserved_special_token_4|>\nQ?"
-                          "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert prompt_text("food101", {"input": "Name the dish.", "options": ["pizza"]}) == "Name the dish."
+    assert prompt_text("nutrition5k", {"input": None}) == "What ingredients are used to make the dish in the image?"
+    with pytest.raises(RecordError, match="'input' must be the prompt text"):
+        prompt_text("slake", {"input": 3, "question": "q"})
+
+
+def test_benchmark_input_column_is_used_verbatim(tmp_path):
+    """A PMC-VQA folder with both `input` and the question/options columns: the prompt is `input`;
+    a row whose `input` is null gets the table's text."""
+    image = _png()
+    rows = [{"image": image, "input": "Look closely. Which organ?\nA. Liver\nB. Spleen", "question": "Which organ is shown?",
+             "A": "Liver", "B": "Spleen", "C": "Heart", "D": "Lung", "label": "A"},
+            {"image": image, "input": None, "question": "Which organ is shown?",
+             "A": "Liver", "B": "Spleen", "C": "Heart", "D": "Lung", "label": "B"}]
+    (tmp_path / "pmc").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pmc" / "test.parquet")
+    got = examples("pmc_vqa", tmp_path / "pmc")
+    assert [r["prompt_text"] for r in got] == ["Look closely. Which organ?\nA. Liver\nB. Spleen", PMC_TEXT]
+    assert [r["record"]["index"] for r in got] == [0, 1]
+    # and an `input` column alone is enough (no question column)
+    (tmp_path / "rad").mkdir()
+    pq.write_table(pa.Table.from_pylist([{"image": image, "input": " What is shown? ", "label": "x",
+                                          "answer_type": "OPEN"}]), tmp_path / "rad" / "test.parquet")
+    assert examples("vqa_rad", tmp_path / "rad")[0]["prompt_text"] == " What is shown? "
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(buf, "PNG")
+    return buf.getvalue()
 
 
 # ---------------------------------------------------------------- benchmark folders
@@ -100,7 +145,7 @@ def test_generated_benchmark_reads_back_in_every_layout(bench):
     raw = pq.read_table(bench / "pmc_vqa" / "test.parquet").to_pylist()
     pmc = examples("pmc_vqa", bench / "pmc_vqa")
     r, q = pmc[0], raw[0]
-    assert r["record"] == {"id": 0, "label": q["label"], "options": [q["A"], q["B"], q["C"], q["D"]]}
+    assert r["record"] == {"id": 0, "index": 0, "label": q["label"], "options": [q["A"], q["B"], q["C"], q["D"]]}
     assert r["prompt_text"] == (f"Question: {q['question']} The choices are: A. {q['A']}, B. {q['B']}, "
                                 f"C. {q['C']}, D. {q['D']}")
 
@@ -147,7 +192,7 @@ def test_missing_column_names_column_and_folder(bench, tmp_path, capsys):
 
     # through the command: exit code 2, one message, nothing started
     cfg = tmp_path / "job.yaml"
-    cfg.write_text(yaml.safe_dump({"output": str(tmp_path / "out"), "models": [{"name": "m", "model": "none"}],
+    cfg.write_text(yaml.safe_dump({"output": str(tmp_path / "out"), "models": [{"name": "m", "model": str(tmp_path)}],
                                    "tasks": [{"name": "vqa_rad", "data": str(folder)}]}))
     assert cli.main(["evaluate", "--config", str(cfg)]) == 2
     stderr = capsys.readouterr().err
@@ -157,7 +202,7 @@ def test_missing_column_names_column_and_folder(bench, tmp_path, capsys):
 
 def test_unknown_task_is_a_config_error_naming_it(tmp_path, capsys):
     cfg = tmp_path / "job.yaml"
-    cfg.write_text(yaml.safe_dump({"output": "out", "models": [{"name": "m", "model": "none"}],
+    cfg.write_text(yaml.safe_dump({"output": "out", "models": [{"name": "m", "model": str(tmp_path)}],
                                    "tasks": [{"name": "slake", "data": "a"}, {"name": "food-101", "data": "b"}]}))
     with pytest.raises(ConfigError) as err:
         load_config(EvaluateConfig, cfg)

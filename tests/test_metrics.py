@@ -292,7 +292,7 @@ def test_pmc_vqa_task_score():
         {"id": 0, "prediction": "(B)", "label": "B", "options": OPTIONS},
         {"id": 1, "prediction": "the answer is C", "label": "A", "options": OPTIONS},
         {"id": 2, "prediction": "It is the spleen.", "label": "D", "options": OPTIONS},
-        {"id": 7, "prediction": "unsure", "label": random.Random(7).choice("ABCD"), "options": OPTIONS},
+        {"id": "q7", "index": 7, "prediction": "unsure", "label": random.Random(7).choice("ABCD"), "options": OPTIONS},
     ]
     result = TASKS["pmc_vqa"].score(records)
     assert result == {"task": "pmc_vqa", "n": 4, "scores": {"accuracy": 75.0},

@@ -47,16 +47,19 @@ def test_vqa_tasks(tmp_path, task):
     assert "open" in stdout and "50.00" in stdout and "Qwen2-VL-2B" in stdout
 
 
-def test_pmc_vqa_keeps_integer_ids_for_the_seeded_guess(tmp_path):
+def test_pmc_vqa_guess_is_seeded_by_the_integer_index(tmp_path):
+    """SPEC §4: the seed of a guess is the example's 0-based position in the split (an int), never
+    its id; a record without `index` takes its position among the file's records."""
     letters = ["A", "B", "C", "D"]
-    # an id whose integer and string seeds guess differently, so the test tells them apart
-    i = next(i for i in range(100) if random.Random(i).choice(letters) != random.Random(str(i)).choice(letters))
+    # an index whose integer and string seeds guess differently, so the test tells them apart
+    i = next(i for i in range(100) if random.Random(i).choice(letters) != random.Random(f"q{i}").choice(letters))
     records = [
-        {"id": 100, "prediction": "(A) is wrong; the answer is (C)", "label": "C", "options": OPTIONS},
-        {"id": 101, "prediction": "The spleen.", "label": "D", "options": OPTIONS},
-        {"id": i, "prediction": "unsure", "label": random.Random(i).choice(letters), "options": OPTIONS},
-        {"id": "q7", "prediction": "unsure", "label": random.Random("q7").choice(letters), "options": OPTIONS},
-        {"id": 102, "prediction": "B", "label": "A", "options": OPTIONS},
+        {"id": "q100", "index": 0, "prediction": "(A) is wrong; the answer is (C)", "label": "C", "options": OPTIONS},
+        {"id": "q101", "index": 1, "prediction": "The spleen.", "label": "D", "options": OPTIONS},
+        {"id": f"q{i}", "index": i, "prediction": "unsure", "label": random.Random(i).choice(letters),
+         "options": OPTIONS},
+        {"id": "q7", "prediction": "unsure", "label": random.Random(3).choice(letters), "options": OPTIONS},
+        {"id": "q102", "index": 4, "prediction": "B", "label": "A", "options": OPTIONS},
     ]
     result, stdout = run_ok(tmp_path, "pmc_vqa", records)
     assert result == {"task": "pmc_vqa", "n": 5, "scores": {"accuracy": 80.0},
@@ -160,6 +163,8 @@ def test_missing_field(tmp_path):
         ("foodseg103", {"id": 0, "prediction": "x", "label": ["cake"], "vocabulary": VOCAB}, "'label' phrase 'cake' is not in the vocabulary"),
         ("nutrition5k", {"id": 0, "prediction": "x", "label": [], "vocabulary": "missing.json"}, "cannot read vocabulary file"),
         ("recipe1m", {"id": {"a": 1}, "prediction": "x", "label": "y"}, "'id' must be an integer or a string"),
+        ("pmc_vqa", {"id": "q1", "index": "3", "prediction": "A", "label": "A", "options": OPTIONS},
+         "'index' must be the example's 0-based position (an integer >= 0), got '3'"),
     ],
 )
 def test_bad_field(tmp_path, task, record, message):

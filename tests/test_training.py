@@ -20,11 +20,10 @@ from adamllm_ray.cli import main as cli_main
 from adamllm_ray.config import ConfigError, TrainConfig, TrainDataConfig, validate
 from adamllm_ray.families import HINTS, get_family
 from adamllm_ray.training import data
-from adamllm_ray.training.families import get_train_family
 from adamllm_ray.training.loop import TrainState, cosine_with_warmup, param_groups
 from adamllm_ray.training.sample import write_training_set
 
-QWEN = get_train_family("qwen2_vl")
+QWEN = get_family("qwen2_vl")
 CAPTION = "A red circle on a white background. There is one shape in the picture."
 CONVERSATION = [
     {"role": "user", "content": "<image>\nDescribe the image."},

@@ -9,13 +9,16 @@ are read in sorted order, subfolders included. Columns per task:
 | slake, pathvqa, vqa_rad | `image`, `input` or `question`, `label`, `answer_type` (OPEN / CLOSED) |
 | pmc_vqa | `image`, `input` or `question`, `A` `B` `C` `D` (option texts) or `options` (4 texts), `label` (a letter) |
 | recipe1m | `image`, `input` or `question`, `label` (the recipe text) |
+| any task | `input` (optional): the full prompt text, sent verbatim (the authors' sets carry it) |
 | nutrition5k | `image`, `label` (ingredient names or ids); the vocabulary file |
 | food101 | `image`, `options` (class names) or the vocabulary file, `label` (a class name or its id) |
 | foodseg103 | `image`, `options` (category names) or the vocabulary file, `label` (category names or ids) |
 
 `image` is encoded bytes or a Hugging Face Image struct {bytes, path} (a path alone is read relative
-to the file's folder). An `id` column is used when present, else the row's index over the task's
-files (the multiple-choice fallback is seeded with it, as in the original). The vocabulary file is
+to the file's folder). Where a row has `input`, that is its prompt, unchanged (SPEC §4); only
+otherwise is the prompt built from `question`/`options`. An `id` column is kept when present, else
+the row's index is its id; every prediction record carries `index`, the row's 0-based position over
+the task's files, which seeds the multiple-choice fallback (as in the original). The vocabulary file is
 `vocabulary` in the task's config or `vocabulary.json` in the folder: a JSON list of the scored
 phrases (an id is a position) or an object {"id": phrase} (FoodSeg103's 1..102: leave out
 background and "other", which are not scored).
@@ -33,7 +36,8 @@ from typing import Any, Iterator
 
 from adamllm_ray import images, records, storage
 from adamllm_ray.config import EvalTaskConfig, ImageLimits
-from adamllm_ray.evaluation.tasks import RecordError, build_prompt_text, get_task
+from adamllm_ray.evaluation.prompts import prompt_text
+from adamllm_ray.evaluation.tasks import RecordError, get_task
 
 FILE_SUFFIXES = (".parquet", ".arrow")
 VOCABULARY_FILE = "vocabulary.json"
@@ -42,8 +46,9 @@ PMC_OPTION_COLUMNS = ("A", "B", "C", "D")
 VOCABULARY_TASKS = ("nutrition5k", "food101", "foodseg103")  # may take names from the vocabulary file
 
 # field -> accepted column names, in order of preference
-ALIASES = {"image": ("image",), "question": ("question", "input"), "label": ("label",),
-           "answer_type": ("answer_type",), "options": ("options",), "id": ("id",)}
+ALIASES = {"image": ("image",), "question": ("question",), "label": ("label",),
+           "answer_type": ("answer_type",), "options": ("options",), "id": ("id",), "input": ("input",)}
+OPTIONAL = ("id", "input")
 NEEDS = {
     "slake": ("image", "question", "label", "answer_type"),
     "pathvqa": ("image", "question", "label", "answer_type"),
@@ -141,7 +146,7 @@ def file_rows(uri: str, at_most: int | None = None) -> int:
 def _resolve_columns(task: str, names: list[str], has_vocabulary: bool) -> tuple[dict, list[str]]:
     """(field -> column, missing fields described)."""
     columns, missing = {}, []
-    for need in NEEDS[task] + ("id",):
+    for need in NEEDS[task] + OPTIONAL:
         if task == "pmc_vqa" and need == "options":
             if "options" in names:
                 columns["options"] = "options"
@@ -155,7 +160,9 @@ def _resolve_columns(task: str, names: list[str], has_vocabulary: bool) -> tuple
             columns[need] = found
         elif need == "options" and has_vocabulary:
             continue  # the names come from the vocabulary file
-        elif need != "id":
+        elif need == "question" and "input" in names:
+            continue  # the prompt is the input column
+        elif need not in OPTIONAL:
             missing.append(" or ".join(f"'{c}'" for c in ALIASES[need]))
     return columns, missing
 
@@ -166,7 +173,8 @@ def _needs_text(task: str) -> str:
         if task == "pmc_vqa" and need == "options":
             parts.append("A-D (or options)")
         else:
-            parts.append(" or ".join(ALIASES[need]) + (" (or the vocabulary file)" if need == "options" else ""))
+            parts.append(" or ".join(ALIASES[need]) + (" (or the vocabulary file)" if need == "options" else "")
+                         + (" (or input)" if need == "question" else ""))
     return ", ".join(parts)
 
 
@@ -310,21 +318,22 @@ def to_example(plan: TaskPlan, values: dict[str, Any], index: int) -> tuple[dict
         example_id = index
     elif isinstance(example_id, bool) or not isinstance(example_id, int | str):
         example_id = str(example_id)
-    record: dict[str, Any] = {"id": example_id}
-    example: dict[str, Any] = {}
+    record: dict[str, Any] = {"id": example_id, "index": index}
+    example: dict[str, Any] = {"input": values.get("input")}
+    has_question = "question" in values
     shared_vocabulary = False
-    if task in ("slake", "pathvqa", "vqa_rad"):
+    if has_question and task in ("slake", "pathvqa", "vqa_rad", "pmc_vqa", "recipe1m"):
         example["question"] = _text(values["question"], "question")
+    if task in ("slake", "pathvqa", "vqa_rad"):
         answer_type = values["answer_type"]
         record.update(label=_text(values["label"], "label"),
                       answer_type=answer_type.strip().upper() if isinstance(answer_type, str) else answer_type)
     elif task == "pmc_vqa":
         options = [_text(o, "options") for o in values["options"]] if isinstance(values["options"], list | tuple) \
             else values["options"]
-        example.update(question=_text(values["question"], "question"), options=options)
+        example["options"] = options
         record.update(label=_text(values["label"], "label").strip(), options=options)
     elif task == "recipe1m":
-        example["question"] = _text(values["question"], "question")
         record["label"] = _text(values["label"], "label")
     elif task == "food101":
         if values.get("options") is not None:
@@ -347,10 +356,10 @@ def to_example(plan: TaskPlan, values: dict[str, Any], index: int) -> tuple[dict
         example["vocabulary"] = phrases
         record.update(label=_phrase_labels(values["label"], phrases, ids), vocabulary=phrases)
     get_task(task).check_record({**record, "prediction": ""})
-    prompt_text = build_prompt_text(task, example)
+    text = prompt_text(task, example)
     if shared_vocabulary:
         record["vocabulary"] = plan.vocabulary_ref
-    return record, prompt_text
+    return record, text
 
 
 def _image_bytes(value: Any, file_uri: str) -> tuple[bytes | None, str | None]:
@@ -372,13 +381,14 @@ def _image_bytes(value: Any, file_uri: str) -> tuple[bytes | None, str | None]:
 
 
 def example_row(plan: TaskPlan, values: dict[str, Any], index: int, file_uri: str, limits: ImageLimits) -> dict:
-    row = {"task": plan.task, "index": index, "record": json.dumps({"id": index}), "prompt_text": None,
+    row = {"task": plan.task, "index": index, "record": json.dumps({"id": index, "index": index}), "prompt_text": None,
            "image": None, records.ERROR: None}
     try:
         record, row["prompt_text"] = to_example(plan, values, index)
         row["record"] = json.dumps(record)
     except (RecordError, KeyError, TypeError) as err:
-        row["record"] = json.dumps({"id": values.get("id") if isinstance(values.get("id"), int | str) else index})
+        row["record"] = json.dumps({"id": values.get("id") if isinstance(values.get("id"), int | str) else index,
+                                    "index": index})
         row[records.ERROR] = json.dumps(records.error("read", f"{plan.task} row {index}: {err}"))
         return row
     data, missing = _image_bytes(values.get("image"), file_uri)

@@ -1,51 +1,51 @@
-"""Evaluation prompts: one user turn (the image, then the task text) and the open assistant header, in
-the evaluated model's own chat format, as its chat template renders it with `add_generation_prompt`.
+"""Evaluation prompts as the authors asked (SPEC §4), the one path batch evaluation and the served
+evaluator (/v1/evaluate) both take:
 
-- qwen2_vl: the template's default system turn ("You are a helpful assistant.") comes first.
-- llava_next_llama3: the format of the project's LLaVA-NeXT-Llama3 family (system turn, `<|begin_of_text|>`
-  written out as that family's models were trained with it).
-- mllama (Llama-3.2-Vision-Instruct): no system turn, since its template refuses one beside an image; the
-  tokenizer adds `<|begin_of_text|>` itself (vLLM encodes raw prompts with special tokens), so it is left out.
+- the text: a benchmark example's `input` (the authors' sets carry the full prompt there) verbatim;
+  only an example without it gets its text built from question/options by the task's table;
+- the chat: the evaluated model's family (families/) puts that text after the image in one user turn,
+  in its own format, with the open assistant header. Prompts are raw strings for the engine (no
+  chat-template stage): vLLM puts the image where the placeholder is.
 
-Prompts are raw strings for the engine (no chat-template stage): vLLM puts the image where the
-placeholder is."""
+Decoding: greedy, the task's budget, stop at the family's end of turn or end of text, special tokens
+skipped; engines get the family's processor settings (Qwen2-VL's pixel bounds)."""
 
 from __future__ import annotations
 
-from adamllm_ray.families import Family, get_family
+from collections.abc import Mapping
+from typing import Any
 
-MLLAMA = Family(
-    name="mllama",
-    begin="",
-    system_header="",  # no system turn
-    system_message="",
-    user_header="<|start_header_id|>user<|end_header_id|>\n\n",
-    assistant_header="<|start_header_id|>assistant<|end_header_id|>\n\n",
-    end_of_turn="<|eot_id|>",
-    turn_close="<|eot_id|>",
-    image_placeholder="<|image|>",
-    image_separator="",
-    end_of_text="<|end_of_text|>",
-)
+from adamllm_ray.evaluation.tasks import RecordError, build_prompt_text
+from adamllm_ray.families import FAMILY_NAMES, Family, get_family
 
-EVAL_FAMILIES = ("qwen2_vl", "llava_next_llama3", "mllama")
+EVAL_FAMILIES = FAMILY_NAMES
 
 
-def eval_family(name: str) -> Family:
-    if name == "mllama":
-        return MLLAMA
-    return get_family(name)
+def prompt_text(task: str, example: Mapping) -> str:
+    """The user text of one example: its `input` unchanged when it has one, else the task's table."""
+    value = example.get("input")
+    if value is None:
+        return build_prompt_text(task, example)
+    if not isinstance(value, str) or not value.strip():
+        raise RecordError(f"'input' must be the prompt text, got {value!r}")
+    return value
 
 
-def evaluation_prompt(family: str | Family, text: str) -> str:
-    """The raw prompt for one image and one task text (tasks.build_prompt_text)."""
-    f = family if isinstance(family, Family) else eval_family(family)
-    system = f.system_header + f.system_message + f.turn_close if f.system_header else ""
-    return (f.begin + system + f.user_header + f.image_placeholder + f.image_separator + text + f.turn_close
-            + f.assistant_header)
+def evaluation_prompt(family: str | Family, task_or_text: str, example: Mapping | None = None) -> str:
+    """The raw prompt the evaluated model gets for one example: `evaluation_prompt(family, task,
+    example)`, or `evaluation_prompt(family, text)` for a prompt text already built."""
+    text = task_or_text if example is None else prompt_text(task_or_text, example)
+    return get_family(family).evaluation_prompt(text)
 
 
 def stop_strings(family: str | Family) -> list[str]:
-    """Decoding stops at the end of the assistant turn (or the end of text)."""
-    f = family if isinstance(family, Family) else eval_family(family)
-    return [f.end_of_turn, f.end_of_text]
+    return get_family(family).evaluation_stop
+
+
+def sampling_params(family: str | Family, max_tokens: int, **override: Any) -> dict[str, Any]:
+    return {**get_family(family).evaluation_sampling(max_tokens), **override}
+
+
+def engine_kwargs(family: str | Family, configured: Mapping[str, Any]) -> dict[str, Any]:
+    """The family's engine settings under the configured ones (a config may still override them)."""
+    return {**get_family(family).engine_kwargs(), **configured}

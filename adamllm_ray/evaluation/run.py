@@ -31,7 +31,8 @@ from adamllm_ray import engine, images, records, storage
 from adamllm_ray.config import EvalModelConfig, EvaluateConfig, dump_config, validate
 from adamllm_ray.evaluation import benchmark, report
 from adamllm_ray.evaluation.benchmark import BenchmarkError, TaskPlan
-from adamllm_ray.evaluation.prompts import eval_family, evaluation_prompt, stop_strings
+from adamllm_ray.evaluation.prompts import engine_kwargs, evaluation_prompt
+from adamllm_ray.families import get_family
 from adamllm_ray.evaluation.tasks import TASKS, get_task
 from adamllm_ray.ray_session import ray_session
 
@@ -107,11 +108,14 @@ def read_stage(plans: list[TaskPlan], limits):
 
 
 def inference_stage(model: EvalModelConfig, plans: list[TaskPlan]):
-    family = eval_family(model.family)
+    family = get_family(model.family)
     # The answer ends with the assistant turn, whether or not the model's generation config lists its
-    # end-of-turn token as an end of sequence; the stop string itself is not part of the prediction.
-    stop = list(model.sampling.stop or stop_strings(family))
-    params = {p.task: engine.sampling_params(model, max_tokens=p.max_new_tokens, stop=stop) for p in plans}
+    # end-of-turn token as an end of sequence; the stop string itself is not part of the prediction,
+    # and special tokens are skipped in it (SPEC §4).
+    stop = list(model.sampling.stop or family.evaluation_stop)
+    params = {p.task: engine.sampling_params(model, max_tokens=p.max_new_tokens, stop=stop, skip_special_tokens=True)
+              for p in plans}
+    model = model.model_copy(update={"engine_kwargs": engine_kwargs(family, model.engine_kwargs)})
 
     def pre(row: dict) -> dict:
         ok = row[records.ERROR] is None

@@ -1,8 +1,9 @@
 """The paper's eight evaluation tasks (SPEC.md section 4): prompt, decoding budget, the fields an
 example and a prediction record carry, and how a list of prediction records is scored.
 
-A prediction record is a dict with `id` (int or str, as given: it seeds the multiple-choice
-fallback), `prediction` (the model's text), `label`, and per task:
+A prediction record is a dict with `id` (int or str, as given), `index` (the example's 0-based
+position in the benchmark split: it seeds the multiple-choice fallback, SPEC §4; a record without it
+takes its position in the list scored), `prediction` (the model's text), `label`, and per task:
 - slake, pathvqa, vqa_rad: `answer_type` "OPEN" or "CLOSED"; `label` the answer text.
 - pmc_vqa: `options` the four option texts for A-D; `label` a letter.
 - food101: `options` the class names in order (choice "k" is options[k]); `label` a class name.
@@ -51,6 +52,9 @@ class Task:
         example_id = record["id"]
         if isinstance(example_id, bool) or not isinstance(example_id, int | str):
             raise RecordError(f"'id' must be an integer or a string, got {example_id!r}")
+        index = record.get("index", 0)
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise RecordError(f"'index' must be the example's 0-based position (an integer >= 0), got {index!r}")
         if not isinstance(record["prediction"], str):
             raise RecordError(f"'prediction' must be a string, got {_short(record['prediction'])}")
         self._check(record)
@@ -125,6 +129,11 @@ def _check_vocabulary(record: Mapping) -> None:
 # ---------------------------------------------------------------- scoring
 
 
+def guess_seed(record: Mapping, position: int) -> int:
+    """The seed of a multiple-choice guess: the example's 0-based position in the benchmark split."""
+    return record.get("index", position)
+
+
 def _score_vqa(records: list[dict]) -> tuple[dict, dict]:
     open_recall, closed_hit = [], []
     for r in records:
@@ -140,8 +149,8 @@ def _score_vqa(records: list[dict]) -> tuple[dict, dict]:
 
 def _score_pmc_vqa(records: list[dict]) -> tuple[dict, dict]:
     correct, guessed = [], 0
-    for r in records:
-        choice, guess = metrics.pmc_vqa_choice(r["prediction"], r["options"], r["id"])
+    for position, r in enumerate(records):
+        choice, guess = metrics.pmc_vqa_choice(r["prediction"], r["options"], guess_seed(r, position))
         correct.append(int(choice == r["label"]))
         guessed += guess
     return {"accuracy": metrics.percent_mean(correct)}, {"accuracy": len(correct), "guessed": guessed}
@@ -150,10 +159,10 @@ def _score_pmc_vqa(records: list[dict]) -> tuple[dict, dict]:
 def _score_food101(records: list[dict]) -> tuple[dict, dict]:
     correct, guessed = [], 0
     choice_sets: dict[tuple[str, ...], metrics.MultipleChoice] = {}
-    for r in records:
+    for position, r in enumerate(records):
         key = tuple(r["options"])
         mc = choice_sets.get(key) or choice_sets.setdefault(key, metrics.food101_choices(key))
-        choice, guess = mc.parse(r["prediction"], r["id"])
+        choice, guess = mc.parse(r["prediction"], guess_seed(r, position))
         label_choice = str(mc.option_texts.index(r["label"].replace("_", " ")))
         correct.append(int(choice == label_choice))
         guessed += guess

@@ -6,7 +6,7 @@ the run's stream. Ray Data tasks then load the images and tokenize, and Ray Trai
 result to the workers (`ray.train.get_dataset_shard`). The position is what a checkpoint records
 as the data position, so a resumed run skips exactly the examples already trained on.
 
-Labels: the model's own chat template renders the conversation turn by turn; the assistant turns
+Labels: the family's chat template (families/) renders the conversation turn by turn; the assistant turns
 (after their header: the answer and its end-of-turn token) carry labels, everything else is -100.
 In synthesizer tuning every token after the first round carries a label, user turns included, and
 the end-of-text token is appended and trained.
@@ -30,7 +30,7 @@ import numpy as np
 
 from adamllm_ray import images, sources, storage
 from adamllm_ray.config import ImageLimits, TrainDataConfig
-from adamllm_ray.training.families import PER_TOKEN_KEYS, TrainFamily, get_train_family
+from adamllm_ray.families import PER_TOKEN_KEYS, Family, get_family
 
 IMAGE_TAG = "<image>"
 IGNORE = -100
@@ -191,12 +191,12 @@ def to_chat(messages: list[dict], n_images: int) -> list[dict]:
     return chat
 
 
-def render_turns(processor, chat: list[dict]) -> list[str]:
-    """The rendered text of each turn, from the model's own chat template: turn k is what rendering
-    the first k+1 messages adds to rendering the first k."""
+def render_turns(processor, chat: list[dict], family: Family) -> list[str]:
+    """The rendered text of each turn, from the family's chat template (the format the family is
+    evaluated in): turn k is what rendering the first k+1 messages adds to rendering the first k."""
     turns, prev = [], ""
     for k in range(len(chat)):
-        text = processor.apply_chat_template(chat[: k + 1], tokenize=False)
+        text = processor.apply_chat_template(chat[: k + 1], tokenize=False, chat_template=family.chat_template)
         if not text.startswith(prev):
             raise SkipExample("template", "the chat template renders a conversation differently from its "
                                           "prefix, so turns cannot be told apart for label masking")
@@ -205,7 +205,7 @@ def render_turns(processor, chat: list[dict]) -> list[str]:
     return turns
 
 
-def labeled_spans(turns: list[str], roles: list[str], family: TrainFamily, synthesizer: bool) -> list[tuple[int, int]]:
+def labeled_spans(turns: list[str], roles: list[str], family: Family, synthesizer: bool) -> list[tuple[int, int]]:
     """Character spans of the rendered text that carry labels."""
     starts = np.cumsum([0] + [len(t) for t in turns]).tolist()
     if synthesizer:
@@ -248,11 +248,11 @@ def expand_labels(text_ids: list[int], labels: list[int], ids: list[int], image_
     return out
 
 
-def encode_example(messages: list[dict], pil_images: list, processor, family: TrainFamily, max_length: int,
+def encode_example(messages: list[dict], pil_images: list, processor, family: Family, max_length: int,
                    synthesizer: bool = False) -> dict[str, Any]:
     """One conversation -> {tensors: processor outputs + labels as numpy arrays, truncated, num_tokens}."""
     chat = to_chat(messages, len(pil_images))
-    turns = render_turns(processor, chat)
+    turns = render_turns(processor, chat, family)
     text = "".join(turns) + (family.end_of_text if synthesizer else "")
     spans = labeled_spans(turns, [m["role"] for m in chat], family, synthesizer)
     enc = processor.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -344,7 +344,7 @@ def load_images(example: dict, limits: ImageLimits) -> list:
 def encode_rows(rows: list[dict], model: str, family: str, max_length: int, synthesizer: bool,
                 limits: ImageLimits) -> list[dict]:
     """Light examples -> encoded rows (tensors pickled) or skipped rows (kind + message)."""
-    processor, fam = load_processor(model), get_train_family(family)
+    processor, fam = load_processor(model), get_family(family)
     out = []
     for ex in rows:
         row = {"position": ex["position"], "id": ex["id"], "skip": None, "skip_message": None, "truncated": False,
@@ -403,7 +403,7 @@ def unpack(row: dict) -> dict[str, np.ndarray]:
     return pickle.loads(row["tensors"])
 
 
-def collate(examples: list[dict[str, np.ndarray]], family: TrainFamily, pad_id: int) -> dict:
+def collate(examples: list[dict[str, np.ndarray]], family: Family, pad_id: int) -> dict:
     """Encoded examples -> one batch of torch tensors, right-padded."""
     import torch
 

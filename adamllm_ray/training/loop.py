@@ -197,7 +197,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from adamllm_ray import storage
     from adamllm_ray.config import TrainConfig
     from adamllm_ray.training import data
-    from adamllm_ray.training.families import get_train_family
+    from adamllm_ray.families import get_family
 
     cfg = TrainConfig.model_validate(loop_config["config"])
     total_steps = loop_config["total_steps"]
@@ -207,7 +207,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if not cfg.scaling.use_gpu:
         torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     device = ray.train.torch.get_device()
-    family = get_train_family(cfg.family)
+    family = get_family(cfg.family)
     torch.manual_seed(cfg.data.seed)
 
     # benchmark baseline (in_memory): the same examples, all encoded before the clock starts
