@@ -14,6 +14,12 @@ def _job(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="dotted config overrides")
 
 
+def _job_with_prompts(parser: argparse.ArgumentParser) -> None:
+    _job(parser)
+    parser.add_argument("--show-prompts", type=int, metavar="N", default=None,
+                        help="print the exact prompts of the first N input rows and exit, starting no engine")
+
+
 def cmd_make_tiny_model(a):
     from adamllm_ray import tiny
 
@@ -30,6 +36,10 @@ def cmd_synthesize(a):
     from adamllm_ray.config import SynthesisConfig, load_config
 
     cfg = load_config(SynthesisConfig, a.config, a.overrides)
+    if a.show_prompts is not None:
+        from adamllm_ray import show_prompts
+
+        return show_prompts.run("synthesize", cfg, a.show_prompts)
     from adamllm_ray.synthesis import pipeline
 
     pipeline.run(cfg)
@@ -39,6 +49,10 @@ def cmd_evaluate(a):
     from adamllm_ray.config import EvaluateConfig, load_config
 
     cfg = load_config(EvaluateConfig, a.config, a.overrides)
+    if a.show_prompts is not None:
+        from adamllm_ray import show_prompts
+
+        return show_prompts.run("evaluate", cfg, a.show_prompts)
     from adamllm_ray.evaluation import run
 
     return run.main(cfg)
@@ -123,12 +137,12 @@ COMMANDS = {
     "synthesize": (
         cmd_synthesize,
         "Turn image-caption pairs into a training set: synthesize tasks, judge them, compose, write.",
-        _job,
+        _job_with_prompts,
     ),
     "evaluate": (
         cmd_evaluate,
         "Evaluate models on the paper's benchmarks (vLLM pools on Ray Data); write predictions, metrics, report.",
-        _job,
+        _job_with_prompts,
     ),
     "make-benchmark": (
         cmd_make_benchmark,

@@ -101,7 +101,7 @@ def load_sharegpt(uri: str) -> list:
     text = storage.read_bytes(uri).decode("utf-8")
     try:
         if uri.endswith(".jsonl"):
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
+            return [json.loads(line) for line in text.split("\n") if line.strip()]  # not splitlines(): U+2028
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"{uri}: not valid JSON ({err})") from None
@@ -122,7 +122,7 @@ def _raw_entries(uri: str, rel: str) -> Iterator[tuple[str, Any, str | None]]:
         yield rel, None, f"{rel}: unreadable ({type(err).__name__}: {err})"
         return
     if uri.endswith(".jsonl"):
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(text.split("\n"), 1):  # "\n" only: U+2028/U+0085 may sit inside a string
             if not line.strip():
                 continue
             try:

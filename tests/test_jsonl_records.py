@@ -31,3 +31,5 @@ def test_sharegpt_jsonl_caption_with_line_separators(tmp_path):
                {"images": ["b.png"], "messages": [{"role": "assistant", "content": "Two."}]}]
     write_jsonl(path, entries)
     assert sources.load_sharegpt(str(path)) == entries
+    index = sources.sharegpt_index(str(path), str(tmp_path), 0, None, sources.CaptionRules())
+    assert [(r["loc"], r["caption"]) for r in index] == [("pairs.jsonl line 1", ODD), ("pairs.jsonl line 2", "Two.")]
