@@ -79,9 +79,9 @@ def training_example(
 
 
 def evaluation_prompt(family: Family | str, task: str, example: Mapping[str, Any]) -> str:
-    """The raw prompt an evaluated model of `family` gets for one benchmark example (SPEC §4), as
-    batch evaluation and the served evaluator build it."""
-    from adamllm_ray.evaluation.prompts import evaluation_prompt as chat_prompt
-    from adamllm_ray.evaluation.tasks import build_prompt_text
+    """The raw prompt an evaluated model of `family` gets for one benchmark example (SPEC §4): the
+    example's `input` verbatim when it has one, else the task's prompt from question/options, in
+    the family's chat format. The path batch evaluation and the served evaluator take."""
+    from adamllm_ray.evaluation.prompts import evaluation_prompt as prompt_of
 
-    return chat_prompt(family, build_prompt_text(task, example))
+    return prompt_of(family, task, example)

@@ -127,6 +127,13 @@ def test_evaluation_prompt_of_a_task_example():
         "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Is the lung healthy?<|im_end|>\n"
         "<|im_start|>assistant\n"
     )
+    # the authors' sets carry the full prompt in `input`: sent verbatim
+    with_input = {**example, "input": "Question: is the lung healthy? Answer yes or no.\n"}
+    assert method.evaluation_prompt("qwen2_vl", "slake", with_input) == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Question: is the lung healthy? Answer yes or "
+        "no.\n<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_the_pipeline_calls_the_same_functions():

@@ -580,9 +580,10 @@ def test_refused_judge_template_is_a_one_line_config_error(tmp_path):
     """`adamllm synthesize` reports it before starting Ray: exit 2, the file named, no traceback."""
     bad = tmp_path / "prompt.txt"
     bad.write_text("Instructions only.\n")
+    (tmp_path / "pairs.json").write_text("[]")
     config = tmp_path / "job.yaml"
     config.write_text(
-        "source: {format: sharegpt, path: missing.json}\n"
+        f"source: {{format: sharegpt, path: {tmp_path / 'pairs.json'}}}\n"
         f"output: {tmp_path / 'out'}\n"
         "synthesizer: {model: none}\n"
         "judge: {model: none}\n"
