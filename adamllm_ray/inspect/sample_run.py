@@ -84,15 +84,16 @@ def write_run(out: str | Path, n: int, seed: int = 0, rows_per_file: int = 10_00
     if writer:
         writer.close()
     cfg = validate(SynthesisConfig, {
-        "source": {"format": "parquet", "path": str(out / "source")}, "output": str(out), "family": "qwen2_vl",
-        "synthesizer": {"model": "generated"}, "judge": {"model": "generated"}}, "sample_run")
+        "source": {"format": "parquet", "path": str(out / "generated-source" / "*.parquet")}, "output": str(out),
+        "family": "qwen2_vl", "synthesizer": {"model": "generated/synthesizer"}, "judge": {"model": "generated/judge"}},
+        "sample_run")
     pipeline.finalize(cfg, 1.0, set())
     return out
 
 
 def _answer(task: str, record: dict, right: bool) -> str:
     if not right:
-        return "I cannot tell from this image."
+        return "Unsure."  # no choice letter, no yes/no, no label word: wrong under every metric
     label = record["label"]
     if task == "pmc_vqa":
         return f"The answer is ({label})."
@@ -114,7 +115,7 @@ def write_eval_run(out: str | Path, bench_dir: str | Path, n: int = 12, models: 
     write_benchmark(str(bench_dir), n=n, seed=seed, broken=True)
     cfg = validate(EvaluateConfig, {
         "output": str(out),
-        "models": [{"name": name, "model": "generated", "paper": "Qwen2-VL-2B" if k == 0 else None}
+        "models": [{"name": name, "model": f"generated/{name}", "paper": "Qwen2-VL-2B" if k == 0 else None}
                    for k, name in enumerate(models)],
         "tasks": [{"name": t, "data": str(Path(bench_dir) / t)} for t in TASKS]}, "sample_eval_run")
     plans = {t.name: benchmark.plan_task(t) for t in cfg.tasks}

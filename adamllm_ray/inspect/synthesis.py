@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import OrderedDict
 
 import numpy as np
@@ -47,18 +48,22 @@ def _lines(uri: str, chunk: int = 1 << 20):
             yield pos, rest
 
 
+_ID_FIRST = re.compile(rb'^\{"id": ("(?:[^"\\]|\\.)*")')
+
+
 def train_offsets(uri: str) -> dict[str, tuple[int, int]]:
-    """id -> (byte offset, length) of each example in train.json (as `finalize` writes it: one
-    example per ` {` ... ` }` block, id on its first line) or train.jsonl (one per line)."""
+    """id -> (byte offset, length) of each example in train.json as `finalize` writes it (one example
+    a line, `{"id": ...` first, a comma between; or, from earlier versions, indented blocks ` {` ...
+    ` }` with the id on their first line), or in train.jsonl (one a line)."""
     found: dict[str, tuple[int, int]] = {}
-    jsonl = uri.endswith(".jsonl")
     start, first = None, False
     for off, line in _lines(uri):
-        if jsonl:
-            if line.strip():
-                found[str(json.loads(line)["id"])] = (off, len(line))
-            continue
-        if line == b" {":
+        if line.startswith(b"{"):
+            body = line[:-1] if line.endswith(b",") else line
+            m = _ID_FIRST.match(body)
+            current = json.loads(m.group(1)) if m else str(json.loads(body)["id"])
+            found[current] = (off, len(body))
+        elif line == b" {":
             start, first = off, True
         elif first:
             first = False
