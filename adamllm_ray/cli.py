@@ -108,6 +108,12 @@ def cmd_serve(a):
     app.run_until_interrupted(cfg)
 
 
+def cmd_inspect(a):
+    from adamllm_ray.inspect import app
+
+    return app.main(a.run_dirs, host=a.host, port=a.port, api_key_env=a.api_key_env)
+
+
 def cmd_bench(a):
     from adamllm_ray import bench
 
@@ -196,6 +202,16 @@ COMMANDS = {
             p.add_argument("--no-follow", action="store_true", help="do not print the job's logs (still waits for its end)"),
             p.add_argument("--timeout", type=float, default=None, help="stop the job after this many seconds"),
             p.add_argument("command_line", nargs=argparse.REMAINDER, help="-- adamllm <command> --config FILE ..."),
+        ),
+    ),
+    "inspect": (
+        cmd_inspect,
+        "Look at a synthesis or evaluation output folder (or two side by side) in the browser before training on it.",
+        lambda p: (
+            p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="synthesis or evaluation output folder"),
+            p.add_argument("--host", default="127.0.0.1", help="other than loopback only with the API key set"),
+            p.add_argument("--port", type=int, default=8765),
+            p.add_argument("--api-key-env", default="ADAMLLM_API_KEY", help="environment variable holding the key"),
         ),
     ),
     "bench": (
