@@ -35,14 +35,24 @@ def cmd_make_sample_data(a):
 def cmd_synthesize(a):
     from adamllm_ray.config import SynthesisConfig, load_config
 
-    cfg = load_config(SynthesisConfig, a.config, a.overrides)
+    cfg = load_config(SynthesisConfig, a.config, list(a.overrides) + (["restart=true"] if a.restart else []))
     if a.show_prompts is not None:
         from adamllm_ray import show_prompts
 
         return show_prompts.run("synthesize", cfg, a.show_prompts)
     from adamllm_ray.synthesis import pipeline
 
-    pipeline.run(cfg)
+    try:
+        pipeline.run(cfg)
+    except pipeline.AccountingError as err:
+        print(f"adamllm synthesize: {err}", file=sys.stderr)
+        return 1
+
+
+def _synthesize_args(p: argparse.ArgumentParser) -> None:
+    _job_with_prompts(p)
+    p.add_argument("--restart", action="store_true",
+                   help="delete this output folder's earlier results and start over (config: restart: true)")
 
 
 def cmd_evaluate(a):
@@ -143,7 +153,7 @@ COMMANDS = {
     "synthesize": (
         cmd_synthesize,
         "Turn image-caption pairs into a training set: synthesize tasks, judge them, compose, write.",
-        _job_with_prompts,
+        _synthesize_args,
     ),
     "evaluate": (
         cmd_evaluate,

@@ -202,7 +202,8 @@ def sharegpt_index(uri: str, root: str, file_index: int, image_root: str | None,
 def sharegpt_row(entry: dict, limits: ImageLimits) -> dict:
     """The source row of one index row that passed the gate: its image read and validated."""
     rel = entry["image_rel"] or ""
-    row = make_row(entry["id"], None, rel, entry["caption"], entry["caption_prompt"], limits)
+    checked = CaptionRules(max_chars=1 << 62)  # the caption was checked in the index
+    row = make_row(entry["id"], None, rel, entry["caption"], entry["caption_prompt"], limits, rules=checked)
     if entry["problem"]:
         row[records.ERROR] = records.error("read", entry["problem"])
         return row
@@ -211,7 +212,7 @@ def sharegpt_row(entry: dict, limits: ImageLimits) -> dict:
     except (FileNotFoundError, OSError) as err:
         row[records.ERROR] = records.error("read", f"image file not found: {rel} ({type(err).__name__})")
         return row
-    return make_row(entry["id"], data, rel, entry["caption"], entry["caption_prompt"], limits)
+    return make_row(entry["id"], data, rel, entry["caption"], entry["caption_prompt"], limits, rules=checked)
 
 
 # ---------------------------------------------------------------- parquet with image bytes
@@ -496,7 +497,7 @@ def read_index(cfg: SourceConfig, rules: CaptionRules | None = None):
     schema = index_schema()
 
     def index_files(batch):
-        rows = [r for f, i in zip(batch["file"], batch["file_index"]) for r in index_file(cfg, f, root, int(i), rules)]
+        rows = [r for b in batch.to_pylist() for r in index_file(cfg, b["file"], root, b["file_index"], rules)]
         return records.to_table(rows, schema)
 
     ds = ray.data.from_items([{"file": f, "file_index": i} for i, f in enumerate(files)],
@@ -508,11 +509,15 @@ def read_index(cfg: SourceConfig, rules: CaptionRules | None = None):
 
 
 def scan_index(index) -> Scan:
+    def batches():
+        for b in index.select_columns(list(INDEX_COLUMNS)).iter_batches(batch_size=8192, batch_format="pyarrow"):
+            yield b.to_pydict()
+
     s = Scan()
-    for b in index.select_columns(list(INDEX_COLUMNS)).iter_batches(batch_size=8192, batch_format="pydict"):
+    for b in batches():
         s.add(b)
     if s.repeated:
-        for b in index.select_columns(list(INDEX_COLUMNS)).iter_batches(batch_size=8192, batch_format="pydict"):
+        for b in batches():
             s.locate(b)
     return s
 

@@ -27,7 +27,7 @@ def engine(model, **kw):
 def make_input(root: Path, n: int, shards: int = 4, long_caption: bool = True) -> set[str]:
     rows = sample_data.make_pairs(n, seed=3, broken=True)
     if long_caption:  # a prompt over the model length: an engine error for that row only
-        rows.append({**rows[0], "id": LONG_ID, "caption": "a red circle " * 1500, "broken": None})
+        rows.append({**rows[0], "id": LONG_ID, "caption": "a red circle " * 1000, "broken": None})
     sample_data.write_parquet(rows, root, shards=shards)
     return {r["id"] for r in rows}
 
@@ -94,7 +94,20 @@ def test_pipeline_s3_in_and_out(tmp_path, s3_prefix, ray_local, tiny_qwen2_vl):
     assert storage.exists(f"{s3_prefix}/out/{train[0]['images'][0]}")
 
 
-def test_resume_after_the_driver_is_killed(tmp_path, tiny_qwen2_vl):
+def _kill_when(cmd, env, ready, timeout=300):
+    """Start the job in its own process group, SIGKILL the group once `ready()` holds."""
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline and proc.poll() is None and not ready():
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started: one process group
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run must be interrupted, not finish"
+
+
+def test_resume_after_three_hard_kills_equals_an_uninterrupted_run(tmp_path, tiny_qwen2_vl):
     ids = make_input(tmp_path / "in", 96, shards=24, long_caption=False)
     job = {"ray": {"address": "local", "num_cpus": 2, "progress_bars": False},
            "source": {"format": "parquet", "path": str(tmp_path / "in")}, "output": str(tmp_path / "out"),
@@ -105,27 +118,41 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_qwen2_vl):
     cmd = [sys.executable, "-m", "adamllm_ray.cli", "synthesize", "--config", str(tmp_path / "job.yaml")]
     env = {**os.environ, "RAY_ADDRESS": ""}
     env.pop("RAY_ADDRESS")
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    tasks = tmp_path / "out" / "tasks"
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if tasks.exists() and any(p.suffix == ".parquet" for p in tasks.iterdir()):
-                break
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started: one process group
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the first run must be interrupted, not finish"
-    done = pipeline.completed_ids(str(tmp_path / "out"))
+    out = tmp_path / "out"
+
+    def done_rows():  # read only: the running job's files are never touched
+        n = 0
+        for f in task_files():
+            try:
+                n += pq.read_metadata(f).num_rows
+            except Exception:
+                pass
+        return n
+
+    def task_files():
+        return sorted((out / "tasks").glob("*.parquet")) if (out / "tasks").exists() else []
+
+    # 1: before any row is written; 2: as the first tasks file lands; 3: a quarter of the rows later
+    _kill_when(cmd, env, lambda: (out / "signature.json").exists())
+    _kill_when(cmd, env, lambda: bool(task_files()))
+    first = done_rows()
+    _kill_when(cmd, env, lambda: len(task_files()) >= 2 and done_rows() >= first + len(ids) // 4)
+    done = pipeline.completed_ids(str(out))
     assert 0 < len(done) < len(ids), f"killed part-way: {len(done)} of {len(ids)} rows done"
-    assert not (tmp_path / "out" / "summary.json").exists()
+    assert not (out / "summary.json").exists()
 
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
-    train, errors, summary = outputs(tmp_path / "out")
+    train, errors, summary = outputs(out)
     check_complete(train, errors, summary, ids)
     assert summary["this_run"]["resumed_rows"] == len(done)
     assert summary["this_run"]["rows"] == len(ids) - len(done)
-    tasks_ids = pq.read_table(tasks).column("id").to_pylist()
+    tasks_ids = pq.read_table(out / "tasks").column("id").to_pylist()
     assert sorted(tasks_ids) == sorted(ids), "no row done twice"
+
+    whole = tmp_path / "whole"
+    r = subprocess.run(cmd + [f"output={whole}"], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    reference, ref_errors, _ = outputs(whole)
+    assert sorted(train, key=lambda e: e["id"]) == sorted(reference, key=lambda e: e["id"])
+    assert sorted(errors, key=lambda e: e["id"]) == sorted(ref_errors, key=lambda e: e["id"])

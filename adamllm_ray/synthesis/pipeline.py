@@ -140,7 +140,7 @@ def reserved_strings(family) -> tuple[str, ...]:
     """Strings a caption may not hold: every special token of the synthesizer's chat format (turn
     markers, end of text, image placeholders) and the training set's `<image>` placeholder."""
     f = get_family(family)
-    text = "".join((f.begin, f.system_header, f.user_header, f.assistant_header, f.end_of_turn, f.turn_close,
+    text = "".join((getattr(f, "bos", ""), f.begin, f.system_header, f.user_header, f.assistant_header, f.end_of_turn, f.turn_close,
                     f.image_placeholder, f.end_of_text))
     tokens = list(dict.fromkeys(re.findall(r"<\|[^|<>\s]+\|>", text)))
     return tuple(tokens + ["<image>"])
