@@ -1,6 +1,6 @@
 """The serving application: the synthesizer, the judge and an evaluated model behind Ray Serve.
 
-    HTTP -> Guard (API key, body size, counters) -> TaskIngress (one FastAPI deployment)
+    HTTP -> Guard (guard.py: key, body limits and timeouts, JSON limits, admission, error shape) -> TaskIngress
               /v1/chat/completions, /v1/completions, /v1/models   (ray.serve.llm's OpenAI routes)
               /v1/synthesize, /v1/evaluate, /healthz              (the method's task routes)
            -> handles -> RawPromptServer deployments (ray.serve.llm LLMServer + vLLM), one per model
@@ -9,7 +9,12 @@ The task routes call the model deployments through Serve handles, never over HTT
 asks the synthesizer exactly as the batch pipeline does (the family's raw prompt with the image
 beside it, no chat template, the same vLLM sampling params) and runs the pipeline's own row functions
 (parse_row, judge_prompt_of, finish_row) on the answer, so a request gives the row the batch job
-would give. /v1/evaluate sends the task's prompt and the image through the model's chat route.
+would give. /v1/evaluate sends the task's prompt and the image through the model's chat route. Chat
+images are checked and never fetched (media.py).
+
+Secure by default: the API key is resolved where the app is built and travels with the ingress
+deployment; without one the service refuses a non-loopback host and warns on loopback. No CORS unless
+ingress.cors_origins lists origins.
 
 Entry points: `build_app` for `serve run/deploy` and KubeRay (import path
 `adamllm_ray.serving.app:build_app`, args `{config: <job yaml>}`); `start(cfg) -> base_url` /
@@ -19,7 +24,6 @@ Entry points: `build_app` for `serve run/deploy` and KubeRay (import path
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
@@ -44,6 +48,8 @@ from starlette.responses import JSONResponse, Response
 
 from adamllm_ray import engine, images
 from adamllm_ray.config import IngressConfig, ModelEndpointConfig, ServeConfig, dump_config, load_config
+from adamllm_ray.evaluation.prompts import evaluation_prompt
+from adamllm_ray.evaluation.prompts import sampling_params as evaluation_sampling
 from adamllm_ray.evaluation.tasks import get_task
 from adamllm_ray.families import get_family
 from adamllm_ray.records import (CAPTION, CAPTION_PROMPT, ERROR, ID, IMAGE, IMAGE_PATH, MESSAGES, QA_PAIRS,
@@ -292,31 +298,20 @@ class TaskIngress(OpenAiIngress):
         name = req.model or self.names.get("evaluator") or self.names["synthesizer"]
         if name not in self._model_cards:
             raise RequestError("model", f"unknown model {name!r}; served models: {', '.join(self._model_cards)}")
-        mime = "image/jpeg" if req.image[:3] == b"\xff\xd8\xff" else "image/png"
-        url = f"data:{mime};base64,{base64.b64encode(req.image).decode()}"
-        body = ChatCompletionRequest(
-            model=name, temperature=0.0, max_tokens=req.max_tokens, stream=False,
-            messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                                   {"type": "text", "text": req.prompt}]}],
-        )
-        stream = self._get_configured_serve_handle(name).chat.remote(body, None)
-        first = await self._bounded(name, stream.__anext__(), cancel=stream)
-        if getattr(first, "error", None) is not None:  # the server's ErrorResponse (not the public subclass)
-            code = first.error.code
-            if 400 <= code < 500:  # the model refused this request (too long, ...)
-                fields = get_task(req.task).prompt_fields
-                raise RequestError("question" if "question" in fields else fields[-1],
-                                   f"model '{name}' refused the request: {first.error.message}", code)
-            logger.error("evaluate: model %s failed: %s", name, first.error.message)
-            raise RequestError(None, f"model '{name}' failed to answer", 502, "model_error")
-        choice = first.choices[0]
-        answer = choice.message.content or ""
+        # the prompt batch evaluation sends for the same example: the family's format (evaluation/prompts.py)
+        section = next(s for s, n in self.names.items() if n == name)
+        family = self.cfg.endpoints()[section].family or self.cfg.family
+        fields = get_task(req.task).prompt_fields
+        out = await self._generate(section, evaluation_prompt(family, req.prompt), req.image,
+                                   evaluation_sampling(family, req.max_tokens),
+                                   field="question" if "question" in fields else fields[-1])
+        answer, finish_reason = out["text"], out["finish_reason"]
         score = None
         if req.record is not None:
             result = get_task(req.task).score([{**req.record, "prediction": answer}])
             score = {"scores": result["scores"], "counts": result["counts"]}
         return {"task": req.task, "model": name, "prompt": req.prompt, "answer": answer,
-                "finish_reason": choice.finish_reason, "score": score}
+                "finish_reason": finish_reason, "score": score}
 
     async def _generate(self, section: str, prompt: str, image: bytes | None, sampling: dict,
                         field: str | None = None) -> dict[str, Any]:
@@ -370,10 +365,11 @@ def ingress_options(ingress: IngressConfig) -> dict[str, Any]:
     """The Guard counts running and queued requests once their bodies are in; Serve's own bound sits above
     it, so bodies still arriving, /healthz and GETs never wait behind it."""
     lo, hi = replica_range(ingress.replicas)
+    outer = ingress.max_ongoing_requests + ingress.max_queued_requests + STALL_HEADROOM
     return {
         "name": INGRESS_NAME,
-        "max_ongoing_requests": ingress.max_ongoing_requests + ingress.max_queued_requests + STALL_HEADROOM,
-        "max_queued_requests": ingress.max_queued_requests,
+        "max_ongoing_requests": outer,
+        "max_queued_requests": outer,  # Serve counts requests still being routed as queued: a burst is not backlog
         "backpressure_config": {"status_code": 503, "retry_after_s": ingress.retry_after_s},
         "autoscaling_config": {"min_replicas": lo, "initial_replicas": lo, "max_replicas": hi,
                                "target_ongoing_requests": ingress.target_ongoing_requests},

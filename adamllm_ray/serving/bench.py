@@ -6,6 +6,8 @@
   has its own caption (no prefix-cache hit from its twin) and the order of the twins alternates.
 - the same for /v1/evaluate against the model's own /v1/chat/completions with the same request (both HTTP).
 - throughput: /v1/synthesize requests per second with 16 concurrent clients vs one client.
+- under attack: 200 requests from 32 clients, half of them hostile (malformed, oversized, SSRF, bombs),
+  against 200 all-valid ones: no 5xx but 503, p50/p99 of the valid answers side by side.
 
 Tiny models on vLLM CPU, a private local Ray, 127.0.0.1. `rows` is the number of requests per
 measurement (clamped to 8..64)."""
@@ -15,12 +17,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 CONCURRENCY = 16
+MIXED_REQUESTS = 200
+MIXED_CLIENTS = 32
 CAPTION = "A bowl of rice with vegetables on a wooden table"
 QUESTION = "What food is in the bowl?"
 TINY_CONFIG = Path(__file__).resolve().parents[2] / "jobs" / "serve" / "tiny_cpu.yaml"
@@ -104,6 +109,8 @@ def bench_serve(rows: int) -> dict:
         total = 4 * n
         sequential_s = _timed(lambda: [synthesize(f"{CAPTION} seq {i}") for i in range(total)])
         concurrent_s, statuses = asyncio.run(_concurrent(url, image_b64, total))
+        valid_only = asyncio.run(_mixed(url, chat_body, MIXED_REQUESTS, hostile_share=0.0))
+        mixed = asyncio.run(_mixed(url, chat_body, MIXED_REQUESTS, hostile_share=0.5))
         http.close()
     finally:
         app.shutdown()
@@ -130,7 +137,74 @@ def bench_serve(rows: int) -> dict:
         "throughput_ratio": round(concurrent_rps / sequential_rps, 2),
         "throughput_ratio_target": 3,
         "throughput_ratio_ok": concurrent_rps / sequential_rps >= 3,
+        f"mixed_{MIXED_REQUESTS}_requests_{MIXED_CLIENTS}_clients": {
+            "all_valid": valid_only, "half_hostile": mixed,
+            "valid_p50_ratio": round(mixed["valid_p50_ms"] / valid_only["valid_p50_ms"], 2),
+            "valid_p99_ratio": round(mixed["valid_p99_ms"] / valid_only["valid_p99_ms"], 2),
+            "ratio_target": 1.5,
+            "no_5xx_but_503": mixed["server_errors"] == 0 and valid_only["server_errors"] == 0,
+        },
     }
+
+
+def _hostile(chat_body: dict) -> list[tuple[str, str, bytes]]:
+    """(route, content type, body): malformed, oversized, SSRF and bad-image requests, each a 4xx."""
+    from PIL import Image
+
+    bomb = io.BytesIO()
+    Image.new("1", (9000, 9000)).save(bomb, "PNG")
+    bomb_url = "data:image/png;base64," + base64.b64encode(bomb.getvalue()).decode()
+    msgs = lambda content: json.dumps({**chat_body, "messages": [{"role": "user", "content": content}]})  # noqa: E731
+    chat, j = "/v1/chat/completions", "application/json"
+    return [
+        (chat, j, b"[" * 5000 + b"]" * 5000),
+        ("/v1/synthesize", j, b'{"caption": "x", "image": "AAAA", "id": ' + b"9" * 5000 + b"}"),
+        ("/v1/synthesize", j, rb'{"caption": "\ud800", "image": "AAAA"}'),
+        (chat, "text/plain", json.dumps(chat_body).encode()),
+        (chat, j, json.dumps({**chat_body, "messages": 5}).encode()),
+        (chat, j, msgs([{"type": "image_url", "image_url": {"url": bomb_url}}]).encode()),
+        (chat, j, msgs([{"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/x.png"}}]).encode()),
+        (chat, j, msgs([{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]).encode()),
+        ("/v1/evaluate", j, b'{"task": "slake", "image": "%%%", "question": "q"}'),
+        ("/v1/completions", j, json.dumps({"model": "synthesizer", "prompt": "rice " * 3000}).encode()),
+    ]
+
+
+async def _mixed(url: str, chat_body: dict, total: int, hostile_share: float) -> dict:
+    """`total` requests from MIXED_CLIENTS clients, every 1/hostile_share-th one hostile (cycling through
+    `_hostile`); latency percentiles of the valid ones (chat with an image, which must answer 200 complete)."""
+    import httpx
+
+    hostile = _hostile(chat_body)
+    step = round(1 / hostile_share) if hostile_share else 0
+    queue: asyncio.Queue = asyncio.Queue()
+    for i in range(total):
+        queue.put_nowait(i)
+    statuses: dict[str, int] = {}
+    valid_s: list[float] = []
+    incomplete = 0
+
+    async def client(http):
+        nonlocal incomplete
+        while not queue.empty():
+            i = queue.get_nowait()
+            if step and i % step == 0:
+                route, ctype, body = hostile[(i // step) % len(hostile)]
+                r = await http.post(url + route, content=body, headers={"Content-Type": ctype})
+            else:
+                t0 = time.perf_counter()
+                r = await http.post(url + "/v1/chat/completions", json=chat_body)
+                valid_s.append(time.perf_counter() - t0)
+                if r.status_code != 200 or not r.json()["choices"][0]["message"]["content"]:
+                    incomplete += 1
+            statuses[str(r.status_code)] = statuses.get(str(r.status_code), 0) + 1
+
+    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=MIXED_CLIENTS)) as http:
+        await asyncio.gather(*[client(http) for _ in range(MIXED_CLIENTS)])
+    valid_s.sort()
+    return {"statuses": dict(sorted(statuses.items())), "valid": len(valid_s), "valid_incomplete": incomplete,
+            "server_errors": sum(n for code, n in statuses.items() if code.startswith("5") and code != "503"),
+            "valid_p50_ms": _p50_ms(valid_s), "valid_p99_ms": round(valid_s[int(0.99 * (len(valid_s) - 1))] * 1000, 2)}
 
 
 async def _concurrent(url: str, image_b64: str, total: int) -> tuple[float, dict]:

@@ -213,7 +213,9 @@ class Guard:
             return await self.app(scope, receive, send)
         t0 = time.perf_counter()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        rid = headers.get("x-request-id") or uuid.uuid4().hex
+        rid = headers.get("x-request-id")  # set by Serve's proxy, which also puts it on the answer
+        tag = rid is None
+        rid = rid or uuid.uuid4().hex
         path = scope.get("path", "")
         route = next((r for r in ROUTES if path == r or path.startswith(r + "/")), "other")
         state = {"code": 500, "started": False}
@@ -221,6 +223,7 @@ class Guard:
         async def send_tagged(message):
             if message["type"] == "http.response.start":
                 state["code"], state["started"] = message["status"], True
+            if message["type"] == "http.response.start" and tag:
                 tagged = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
                 message = {**message, "headers": tagged + [(b"x-request-id", rid.encode())]}
             await send(message)
