@@ -17,6 +17,7 @@ BENCHMARKS = {
     "evaluate": "adamllm_ray.evaluation.bench_run:bench_evaluate",
     "train": "adamllm_ray.training.bench:bench_train",
     "submit": "adamllm_ray.submit:bench_submit",
+    "inspect": "adamllm_ray.inspect.bench:bench_inspect",
 }
 
 
