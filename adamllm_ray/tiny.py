@@ -1,6 +1,11 @@
 """Tiny models built locally from configs (no model hub): random weights, a byte-level BPE tokenizer
-trained here on the project's own vocabulary, and the processor files vLLM and transformers need.
-Deterministic for a given seed; built in seconds. Used by the tests and the demo."""
+trained here on the project's own vocabulary, and the processor files vLLM and transformers need,
+one per model family (the chat template comes from the family module) plus a text model for the
+judge. Deterministic for a given seed; built in seconds. Used by the tests and the demo.
+
+vLLM (0.29) runs qwen2_vl, llava_next_llama3 and text; it removed Llama-3.2-Vision (mllama: an
+encoder-decoder model, dropped with vLLM's V0 engine in 0.10.2), so the mllama tiny model loads
+and trains in transformers only."""
 
 from __future__ import annotations
 
@@ -10,30 +15,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from adamllm_ray.families import get_family
+
 QWEN_SPECIAL = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
     "<|image_pad|>", "<|video_pad|>",
 ]
 LLAMA3_SPECIAL = [
     "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
-    "<|reserved_special_token_4|>", "<|finetune_right_pad_id|>",
+    "<|reserved_special_token_4|>", "<|finetune_right_pad_id|>", "<|image|>",
 ]
-
-# Jinja chat template in Qwen2-VL's format (default system prompt, image parts as vision tokens).
-QWEN2_VL_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' or 'image' in part or 'image_url' in part %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 def _corpus() -> list[str]:
@@ -80,9 +71,10 @@ def build_qwen2_vl(out: Path, seed: int) -> None:
     from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor,
                               Qwen2VLProcessor, Qwen2VLVideoProcessor)
 
+    template = get_family("qwen2_vl").chat_template
     tok = _fast_tokenizer(
         build_tokenizer(QWEN_SPECIAL), eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        chat_template=QWEN2_VL_CHAT_TEMPLATE, model_max_length=4096,
+        chat_template=template, model_max_length=4096,
     )
     tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL[1:]})
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
@@ -111,7 +103,7 @@ def build_qwen2_vl(out: Path, seed: int) -> None:
     image_processor = Qwen2VLImageProcessor(**pixels)
     video_processor = Qwen2VLVideoProcessor(**pixels)
     Qwen2VLProcessor(image_processor=image_processor, tokenizer=tok, video_processor=video_processor,
-                     chat_template=QWEN2_VL_CHAT_TEMPLATE).save_pretrained(out)
+                     chat_template=template).save_pretrained(out)
 
 
 def build_text(out: Path, seed: int) -> None:
@@ -121,7 +113,7 @@ def build_text(out: Path, seed: int) -> None:
 
     tok = _fast_tokenizer(
         build_tokenizer(QWEN_SPECIAL), bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>", chat_template=QWEN2_VL_CHAT_TEMPLATE, model_max_length=4096,
+        pad_token="<|endoftext|>", chat_template=get_family("qwen2_vl").chat_template, model_max_length=4096,
     )
     eos = tok.convert_tokens_to_ids("<|endoftext|>")
     config = Qwen2Config(
@@ -134,7 +126,90 @@ def build_text(out: Path, seed: int) -> None:
     tok.save_pretrained(out)
 
 
-BUILDERS = {"qwen2_vl": build_qwen2_vl, "text": build_text}
+def _llama3_tokenizer(family: str):
+    """A Llama-3-style tokenizer: the family's special tokens, a BOS put in front of every text (as
+    Llama-3's own does, so vLLM's raw prompts get it), the family's chat template."""
+    from tokenizers import processors
+
+    raw = build_tokenizer(LLAMA3_SPECIAL)
+    bos = raw.token_to_id("<|begin_of_text|>")
+    raw.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B",
+                                                        special_tokens=[("<|begin_of_text|>", bos)])
+    tok = _fast_tokenizer(raw, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
+                          pad_token="<|finetune_right_pad_id|>", chat_template=get_family(family).chat_template,
+                          model_max_length=4096)
+    tok.add_special_tokens({"additional_special_tokens": LLAMA3_SPECIAL[2:]})
+    return tok, {t: tok.convert_tokens_to_ids(t) for t in LLAMA3_SPECIAL}
+
+
+def _llama_text(tok, ids: dict, **extra) -> dict:
+    return dict(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                bos_token_id=ids["<|begin_of_text|>"], eos_token_id=ids["<|eot_id|>"],
+                pad_token_id=ids["<|finetune_right_pad_id|>"], tie_word_embeddings=False, **extra)
+
+
+def _save_generation(model, ids: dict) -> None:
+    model.generation_config.eos_token_id = [ids["<|eot_id|>"], ids["<|end_of_text|>"]]
+    model.generation_config.pad_token_id = ids["<|finetune_right_pad_id|>"]
+    model.generation_config.bos_token_id = ids["<|begin_of_text|>"]
+
+
+def build_llava_next_llama3(out: Path, seed: int) -> None:
+    """LLaVA-NeXT (CLIP tower, anyres tiles of 28x28 pixels) over a Llama language model; the image
+    goes where `<|reserved_special_token_4|>` is, as in the released synthesizer."""
+    import torch
+    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
+                              LlavaNextImageProcessor, LlavaNextProcessor)
+
+    tok, ids = _llama3_tokenizer("llava_next_llama3")
+    pinpoints = [[28, 28], [28, 56], [56, 28], [56, 56]]
+    config = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=2, image_size=28, patch_size=14, projection_dim=32),
+        text_config=LlamaConfig(**_llama_text(tok, ids)),
+        image_token_index=ids["<|reserved_special_token_4|>"], image_grid_pinpoints=pinpoints,
+        vision_feature_select_strategy="default", vision_feature_layer=-1, tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(config).to(torch.float32)
+    _save_generation(model, ids)
+    model.save_pretrained(out)
+    image_processor = LlavaNextImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
+                                              image_grid_pinpoints=pinpoints)
+    LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
+                       vision_feature_select_strategy="default", image_token="<|reserved_special_token_4|>",
+                       num_additional_image_tokens=1,  # the CLIP tower's CLS token
+                       chat_template=get_family("llava_next_llama3").chat_template).save_pretrained(out)
+
+
+def build_mllama(out: Path, seed: int) -> None:
+    """Llama-3.2-Vision: a tiled vision encoder (tiles of 28x28 pixels) and cross-attention layers in
+    the language model; the image goes where `<|image|>` is."""
+    import torch
+    from transformers import (MllamaConfig, MllamaForConditionalGeneration, MllamaImageProcessor, MllamaProcessor,
+                              MllamaTextConfig, MllamaVisionConfig)
+
+    tok, ids = _llama3_tokenizer("mllama")
+    config = MllamaConfig(
+        vision_config=MllamaVisionConfig(hidden_size=32, num_hidden_layers=2, num_global_layers=1, attention_heads=2,
+                                         intermediate_size=64, vision_output_dim=64, image_size=28, patch_size=14,
+                                         max_num_tiles=4, intermediate_layers_indices=[0]),
+        text_config=MllamaTextConfig(**_llama_text(tok, ids, cross_attention_layers=[1])),
+        image_token_index=ids["<|image|>"], tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = MllamaForConditionalGeneration(config).to(torch.float32)
+    _save_generation(model, ids)
+    model.save_pretrained(out)
+    image_processor = MllamaImageProcessor(size={"height": 28, "width": 28}, max_image_tiles=4)
+    MllamaProcessor(image_processor=image_processor, tokenizer=tok,
+                    chat_template=get_family("mllama").chat_template).save_pretrained(out)
+
+
+BUILDERS = {"qwen2_vl": build_qwen2_vl, "llava_next_llama3": build_llava_next_llama3, "mllama": build_mllama,
+            "text": build_text}
+VLLM_FAMILIES = ("qwen2_vl", "llava_next_llama3", "text")  # what vLLM 0.29 runs (see above)
 
 
 def build(family: str, out: str | os.PathLike, seed: int = 0, overwrite: bool = False) -> str:

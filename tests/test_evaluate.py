@@ -377,3 +377,75 @@ def test_evaluate_end_to_end_then_resume(tmp_path, ray_local, tiny_qwen2_vl, cap
     cfg = validate(EvaluateConfig, job)
     plans = {t.name: plan_task(t) for t in cfg.tasks}
     assert [p.task for p in run.pending_pairs(cfg, plans)["tiny"]] == ["pathvqa", "food101"]
+
+
+# ---------------------------------------------------------------- one path for batch, served and scored
+
+
+def _pmc_folder(tmp_path, ids: list[str], with_input: bool) -> Path:
+    rows = []
+    for i, example_id in enumerate(ids):
+        row = {"id": example_id, "image": _png(), "question": f"Which organ is shown in image {i}?",
+               "A": "Liver", "B": "Spleen", "C": "Heart", "D": "Lung", "label": "ABCD"[i % 4]}
+        if with_input:
+            row["input"] = f"Look at image {i}. Which organ?\nA. Liver\nB. Spleen\nC. Heart\nD. Lung"
+        rows.append(row)
+    folder = tmp_path / ("pmc_input" if with_input else "pmc")
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), folder / "test.parquet")
+    return folder
+
+
+@pytest.mark.parametrize("with_input", [False, True])
+def test_served_and_batch_evaluation_send_the_same_prompt(tmp_path, with_input):
+    import base64
+
+    from adamllm_ray.config import ImageLimits
+    from adamllm_ray.serving.requests import parse_evaluate
+
+    folder = _pmc_folder(tmp_path, ["x0", "x1"], with_input)
+    raw = pq.read_table(folder / "test.parquet").to_pylist()
+    for family in EXPECTED_PROMPTS:
+        for row, q in zip(examples("pmc_vqa", folder), raw):
+            body = {"task": "pmc_vqa", "image": base64.b64encode(q["image"]).decode(), "question": q["question"],
+                    "options": [q[c] for c in "ABCD"]}
+            if with_input:
+                body["input"] = q["input"]
+            served = evaluation_prompt(family, parse_evaluate(body, ImageLimits()).prompt)
+            assert served == evaluation_prompt(family, row["prompt_text"])
+            assert served == evaluation_prompt(family, "pmc_vqa", {**body, "input": q.get("input")})
+
+
+def test_same_multiple_choice_guess_in_batch_served_and_score(tmp_path):
+    """An answer that names no choice gets a seeded guess; the seed is the example's 0-based position
+    (an int), so batch evaluation's records, /v1/evaluate's record and `adamllm score` agree, and
+    the guess is random.Random(index).choice("ABCD"), never one seeded by the string id."""
+    import base64
+    import random
+
+    from adamllm_ray.config import ImageLimits
+    from adamllm_ray.serving.requests import parse_evaluate
+
+    ids = [f"pmc-{i}" for i in range(8)]
+    folder = _pmc_folder(tmp_path, ids, with_input=False)
+    rows = examples("pmc_vqa", folder)
+    assert [r["record"]["index"] for r in rows] == list(range(8))
+    # labels chosen so that only a guess seeded by the index scores each example
+    batch = [{**r["record"], "prediction": "I cannot tell.", "label": random.Random(r["index"]).choice("ABCD")}
+             for r in rows]
+    assert any(random.Random(i).choice("ABCD") != random.Random(ids[i]).choice("ABCD") for i in range(8))
+    assert TASKS["pmc_vqa"].score(batch) == {"task": "pmc_vqa", "n": 8, "scores": {"accuracy": 100.0},
+                                             "counts": {"accuracy": 8, "guessed": 8}}
+
+    predictions = tmp_path / "pmc_vqa.jsonl"
+    predictions.write_text("".join(json.dumps(r) + "\n" for r in batch))
+    assert score_file("pmc_vqa", predictions)["scores"] == {"accuracy": 100.0}
+
+    raw = pq.read_table(folder / "test.parquet").to_pylist()
+    for i, (q, record) in enumerate(zip(raw, batch)):
+        req = parse_evaluate({"task": "pmc_vqa", "image": base64.b64encode(q["image"]).decode(), "id": q["id"],
+                              "index": i, "question": q["question"], "options": [q[c] for c in "ABCD"],
+                              "label": record["label"]}, ImageLimits())
+        assert req.record["index"] == i
+        served = TASKS["pmc_vqa"].score([{**req.record, "prediction": "I cannot tell."}])
+        assert served["scores"] == {"accuracy": 100.0} and served["counts"]["guessed"] == 1

@@ -17,14 +17,15 @@ from typing import Any
 
 from adamllm_ray import images
 from adamllm_ray.config import ImageLimits
-from adamllm_ray.evaluation.tasks import RecordError, build_prompt_text, get_task
+from adamllm_ray.evaluation.prompts import prompt_text
+from adamllm_ray.evaluation.tasks import RecordError, get_task
 from adamllm_ray.families import FAMILIES
 from adamllm_ray.records import DEFAULT_CAPTION_PROMPT
 
 SYNTHESIZE_FIELDS = {"image", "caption", "caption_prompt", "id", "family", "judge", "compose"}
 MAX_ASPECT_RATIO = 200  # Qwen2-VL's image processor refuses more (long side over short side)
-EVALUATE_FIELDS = {"task", "image", "question", "options", "vocabulary", "label", "answer_type", "id", "model",
-                   "max_tokens"}
+EVALUATE_FIELDS = {"task", "image", "input", "question", "options", "vocabulary", "label", "answer_type", "id",
+                   "index", "model", "max_tokens"}
 
 
 class RequestError(ValueError):
@@ -217,17 +218,21 @@ def parse_evaluate(data: dict, limits: ImageLimits) -> EvaluateRequest:
         raise RequestError("task", str(err)) from None
     for field in ("options", "vocabulary", "label"):
         _json_list(data, field)
-    for field in task.prompt_fields:
-        _text(data, field) if field == "question" else _str_list(data, field)
+    # the prompt text as batch evaluation builds it: `input` verbatim, else the task's table
+    fields = ("input",) if _text(data, "input", required=False) is not None else task.prompt_fields
+    for field in fields:
+        _text(data, field) if field in ("question", "input") else _str_list(data, field)
     try:
-        prompt = build_prompt_text(name, {k: data[k] for k in task.prompt_fields})
+        prompt = prompt_text(name, {k: data[k] for k in fields})
     except RecordError as err:  # a list of the wrong length
         raise RequestError(_field_of(err, task.prompt_fields) or task.prompt_fields[-1], str(err)) from None
     image = _image(data, limits)
+    index = _index(data)
     record = None
     if data.get("label") is not None:
         record = {k: data[k] for k in task.record_fields if k in data and k != "prediction"}
         record["id"] = _id(data, image, prompt.encode())
+        record["index"] = index
         try:
             task.check_record({**record, "prediction": ""})
         except RecordError as err:
@@ -238,6 +243,16 @@ def parse_evaluate(data: dict, limits: ImageLimits) -> EvaluateRequest:
         raise RequestError("max_tokens", f"must be an integer from 1 to {task.max_new_tokens} ({name}'s budget), "
                                          f"got {max_tokens!r}")
     return EvaluateRequest(name, image, prompt, record, model, max_tokens)
+
+
+def _index(data: dict) -> int:
+    """The example's 0-based position in its benchmark split: it seeds a multiple-choice guess, as in
+    batch evaluation and `adamllm score` (0 when not given)."""
+    value = data.get("index", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise RequestError("index", f"must be the example's 0-based position in its benchmark split (an integer "
+                                    f">= 0), got {value!r}")
+    return value
 
 
 def _field_of(err: Exception, fields: tuple[str, ...]) -> str | None:
