@@ -117,6 +117,60 @@ def test_chat_image_urls_are_never_fetched_without_an_allowed_domain():
     assert host_allowed("img.example.com", ["example.com"]) and not host_allowed("evilexample.com", ["example.com"])
 
 
+def test_the_key_is_resolved_when_the_app_is_built(monkeypatch, tiny_qwen2_vl):
+    """`serve run/deploy` and RayService build the app where the variable is set; the key then travels in
+    the ingress deployment's definition, so a replica on a node without the variable still enforces it."""
+    from fastapi import FastAPI
+    from starlette.middleware.cors import CORSMiddleware
+
+    from adamllm_ray.serving import app
+    from adamllm_ray.serving.guard import Guard
+
+    monkeypatch.setenv("ADAMLLM_BUILD_TEST_KEY", "built-key")
+    cfg = load_config(ServeConfig, ROOT / "jobs/serve/tiny_cpu.yaml", [
+        f"synthesizer.model={tiny_qwen2_vl}", "synthesizer.tiny=null", "judge=null",
+        "ingress.api_key_env=ADAMLLM_BUILD_TEST_KEY"])
+    ingress = app.application(cfg)._bound_deployment
+    monkeypatch.delenv("ADAMLLM_BUILD_TEST_KEY")  # as on a replica's node
+    assert ingress.init_kwargs["has_key"] is True
+    cells = [c.cell_contents for c in ingress.func_or_class.__init__.__closure__ or ()]
+    fastapi_app = next(c for c in cells if isinstance(c, FastAPI))
+    guards = [m for m in fastapi_app.user_middleware if m.cls is Guard]
+    assert len(guards) == 1 and guards[0].kwargs["api_key"] == "built-key"
+    assert not any(m.cls is CORSMiddleware for m in fastapi_app.user_middleware)
+
+
+def test_cors_only_for_listed_origins(monkeypatch):
+    import httpx
+
+    from adamllm_ray.config import IngressConfig
+    from adamllm_ray.serving import app, guard
+
+    class NoMetric:
+        def inc(self, **_):
+            pass
+
+        def observe(self, *_, **__):
+            pass
+
+    monkeypatch.setattr(guard.Guard, "_metrics", lambda self: (NoMetric(), NoMetric()))
+    fastapi_app = app.ingress_fastapi_app(IngressConfig(cors_origins=["https://ok.example"]), "k")
+
+    @fastapi_app.get("/v1/models")
+    async def models():
+        return {"data": []}
+
+    async def preflight(origin: str):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=fastapi_app), base_url="http://t") as c:
+            return await c.options("/v1/models", headers={"Origin": origin, "Access-Control-Request-Method": "GET",
+                                                          "Authorization": "Bearer k"})
+
+    ok, evil = asyncio.run(preflight("https://ok.example")), asyncio.run(preflight("https://evil.example"))
+    assert ok.headers.get("access-control-allow-origin") == "https://ok.example"
+    assert "access-control-allow-credentials" not in ok.headers
+    assert "access-control-allow-origin" not in evil.headers
+
+
 # ---------------------------------------------------------------- one service, joined to a running cluster
 
 
