@@ -32,7 +32,7 @@ from vllm import LLM, SamplingParams
 from adamllm_ray import images
 from adamllm_ray.config import EvaluateConfig, validate
 from adamllm_ray.evaluation import benchmark
-from adamllm_ray.evaluation.prompts import evaluation_prompt
+from adamllm_ray.evaluation.prompts import engine_kwargs, evaluation_prompt, sampling_params
 cfg = validate(EvaluateConfig, json.loads(sys.argv[1]))
 tokens = int(sys.argv[2])
 prompts = []
@@ -41,9 +41,9 @@ for t in cfg.tasks:
         prompts.append({"prompt": evaluation_prompt("qwen2_vl", r["prompt_text"]),
                         "multi_modal_data": {"image": images.to_pil(r["image"])}})
 m = cfg.models[0]
-llm = LLM(m.model, dtype="float32", max_model_len=m.max_model_len, enforce_eager=True, limit_mm_per_prompt={"image": 1})
-params = SamplingParams(temperature=0, max_tokens=tokens, min_tokens=tokens, skip_special_tokens=False,
-                        stop=["<|im_end|>", "<|endoftext|>"])
+llm = LLM(m.model, dtype="float32", max_model_len=m.max_model_len, enforce_eager=True, limit_mm_per_prompt={"image": 1},
+          **engine_kwargs("qwen2_vl", {}))
+params = SamplingParams(**sampling_params("qwen2_vl", tokens, min_tokens=tokens))
 llm.generate(prompts[:64], params, use_tqdm=False)
 t0 = time.perf_counter()
 out = llm.generate(prompts, params, use_tqdm=False)
