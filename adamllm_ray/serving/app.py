@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -68,6 +69,7 @@ HEALTH_TTL_S = 5.0  # /healthz asks every model at most this often
 HEALTH_TIMEOUT_S = 5.0
 STALL_HEADROOM = 64  # Serve-level requests beyond the Guard's running + queued (bodies still arriving, GETs)
 logger = logging.getLogger("ray.serve")
+INTERNALS = re.compile(r"/\w+/|\b\d{1,3}(\.\d{1,3}){3}\b|\bpid\b|Traceback|File \"")
 ENV_FOR_ENGINES = ("VLLM_CACHE_ROOT", "HF_HUB_OFFLINE", "AWS_ENDPOINT_URL", "AWS_REGION", "TOKENIZERS_PARALLELISM")
 
 
@@ -343,6 +345,9 @@ async def bounded(name: str, awaitable, timeout_s: float, cancel=None) -> Any:
     except Exception as err:
         text = str(err).strip()
         message = text.splitlines()[-1] if text else type(err).__name__
+        if INTERNALS.search(message):  # paths, addresses, pids stay in the log
+            logger.error("model %s failed: %s", name, text)
+            message = type(err).__name__
         raise RequestError(None, f"model '{name}' failed: {message}", 502, "model_error") from None
 
 
