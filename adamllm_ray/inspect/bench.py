@@ -23,18 +23,19 @@ def _child(code: str, env: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# peak memory from VmHWM: ru_maxrss would carry over the forking parent's peak across exec
+PEAK = "round(int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) / 1024, 1)"
 BUILD = """
-import json, resource, sys, time
+import json, time
 from adamllm_ray.inspect.synthesis import SynthesisRun
 t = time.perf_counter()
-run = SynthesisRun(sys.argv[1] if len(sys.argv) > 1 else {run!r})
-print(json.dumps({{"build_s": round(time.perf_counter() - t, 2), "rows": run.n,
-                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}}))
+run = SynthesisRun({run!r})
+print(json.dumps({{"build_s": round(time.perf_counter() - t, 2), "rows": run.n, "peak_rss_mb": {peak}}}))
 """
 BASELINE = """
-import json, resource
+import json
 import adamllm_ray.inspect.synthesis
-print(json.dumps({"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+print(json.dumps({{"peak_rss_mb": {peak}}}))
 """
 
 
@@ -73,8 +74,8 @@ def measure(n: int, root: str) -> dict:
     generated_s = time.perf_counter() - t
     env = {**os.environ, "ADAMLLM_INSPECT_CACHE": os.path.join(root, f"cache-{n}")}
     env.pop("ADAMLLM_API_KEY", None)
-    build = _child(BUILD.format(run=run), env)
-    base = _child(BASELINE, env)
+    build = _child(BUILD.format(run=run, peak=PEAK), env)
+    base = _child(BASELINE.format(peak=PEAK), env)
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "adamllm_ray.cli", "inspect", run, "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -109,7 +110,7 @@ def measure(n: int, root: str) -> dict:
     return {"rows": n, "generate_s": round(generated_s, 1), "index_build_s": build["build_s"],
             "index_build_peak_rss_mb": build["peak_rss_mb"], "import_only_rss_mb": base["peak_rss_mb"],
             "index_mb": round(sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in
-                                  os.walk(env["ADAMLLM_INSPECT_CACHE"]) for f in fs if f.endswith(".parquet")) / 2**20, 1),
+                                  os.walk(env["ADAMLLM_INSPECT_CACHE"]) for f in fs if f.endswith((".parquet", ".arrow"))) / 2**20, 1),
             "table": _stats(table), "filtered": _stats(filtered), "row": _stats(rows), "thumbnail": _stats(thumbs),
             "server_rss_mb_after": server_rss}
 

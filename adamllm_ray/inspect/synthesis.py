@@ -20,14 +20,15 @@ from adamllm_ray import records, storage
 from adamllm_ray.inspect.runs import InspectError, cache_dir, read_image, read_json
 from adamllm_ray.synthesis.compose import response_rule
 
-INDEX_VERSION = "1"
+INDEX_VERSION = "2"
 BRANCHES = {"a": "informative answer alone", "b": "informative + precise", "c": "chain of thought"}
 STATUSES = ("kept", "caption_only", "error", "left_out")
 TABLE_COLUMNS = [records.ID, records.IMAGE_PATH, records.CAPTION, records.ERROR]
 INDEX_SCHEMA = pa.schema([
     ("id", pa.string()), ("file", pa.int32()), ("rg", pa.int32()), ("row", pa.int32()), ("verdict", pa.string()),
     ("status", pa.string()), ("stage", pa.string()), ("triplet", pa.bool_()), ("branch", pa.string()),
-    ("train_off", pa.int64()), ("train_len", pa.int64()), ("text", pa.string())])
+    ("train_off", pa.int64()), ("train_len", pa.int64())])
+TEXT_SCHEMA = pa.schema([("text", pa.string())])  # lower-cased caption and questions, in index order
 
 
 def _lines(uri: str, chunk: int = 1 << 20):
@@ -93,11 +94,11 @@ class SynthesisRun:
             raise InspectError(422, f"the run is missing train.json ({storage.join(uri, 'train.json')})")
         self.cache = cache_dir(uri, [*self.files, self.train_uri])
         self.index_path = os.path.join(self.cache, f"index-v{INDEX_VERSION}.parquet")
+        self.text_path = os.path.join(self.cache, f"text-v{INDEX_VERSION}.arrow")
         self._parquet: dict[int, pq.ParquetFile] = {}
-        if not os.path.exists(self.index_path):
+        if not (os.path.exists(self.index_path) and os.path.exists(self.text_path)):
             self.build_index()
-        cols = [n for n in INDEX_SCHEMA.names if n != "text"]
-        self.index = pq.read_table(self.index_path, columns=cols)
+        self.index = pq.read_table(self.index_path)
         self.where = np.stack([self.index.column(c).to_numpy() for c in ("file", "rg", "row")], axis=1)
         self.n = self.index.num_rows
         self._filtered: OrderedDict = OrderedDict()
@@ -108,13 +109,16 @@ class SynthesisRun:
     def build_index(self) -> None:
         offsets = train_offsets(self.train_uri)
         tmp = self.index_path + f".tmp-{os.getpid()}"
+        tmp_text = self.text_path + f".tmp-{os.getpid()}"
         cols = [records.ID, records.CAPTION, records.QA_PAIRS, records.TRIPLET, records.VERDICT, records.RESPONSE,
                 records.ERROR]
-        with pq.ParquetWriter(tmp, INDEX_SCHEMA) as writer:
+        # the search text is an uncompressed arrow file: a search memory-maps it instead of decoding it
+        with pq.ParquetWriter(tmp, INDEX_SCHEMA) as writer, pa.ipc.new_file(tmp_text, TEXT_SCHEMA) as text_writer:
             for fi, uri in enumerate(self.files):
                 pf = self._open(fi, uri)
                 for rg in range(pf.num_row_groups):
                     out = {name: [] for name in INDEX_SCHEMA.names}
+                    text = []
                     for i, r in enumerate(pf.read_row_group(rg, columns=cols).to_pylist()):
                         off, length = offsets.get(r[records.ID], (-1, 0))
                         if r[records.ERROR]:
@@ -127,11 +131,13 @@ class SynthesisRun:
                         questions = " ".join(p["question"] for p in r[records.QA_PAIRS] or [])
                         values = (r[records.ID], fi, rg, i, r[records.VERDICT], status,
                                   (r[records.ERROR] or {}).get("stage"), triplet is not None,
-                                  response_rule(triplet) if status == "kept" else None, off, length,
-                                  f"{r[records.CAPTION] or ''}\n{questions}".lower())
+                                  response_rule(triplet) if status == "kept" else None, off, length)
                         for name, v in zip(INDEX_SCHEMA.names, values):
                             out[name].append(v)
+                        text.append(f"{r[records.CAPTION] or ''}\n{questions}".lower())
                     writer.write_table(pa.table(out, schema=INDEX_SCHEMA))
+                    text_writer.write_table(pa.table({"text": text}, schema=TEXT_SCHEMA))
+        os.replace(tmp_text, self.text_path)
         os.replace(tmp, self.index_path)
 
     def _open(self, fi: int, uri: str | None = None) -> pq.ParquetFile:
@@ -165,8 +171,10 @@ class SynthesisRun:
             col = self.index.column("triplet")
             mask = both(col if triplet == "yes" else pc.invert(col))
         if key[4]:
-            text = pq.read_table(self.index_path, columns=["text"], memory_map=True).column("text")
-            mask = both(pc.match_substring(text, key[4]))
+            with pa.memory_map(self.text_path) as source:
+                text = pa.ipc.open_file(source).read_all().column("text")
+                found = pc.match_substring(text, key[4])
+            mask = both(found)
         positions = np.arange(self.n) if mask is None else np.flatnonzero(mask.to_numpy(zero_copy_only=False))
         self._filtered[key] = positions
         while len(self._filtered) > 16:

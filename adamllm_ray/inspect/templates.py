@@ -23,7 +23,10 @@ ERROR = """{% extends "base" %}{% block body %}<p class="msg" id="message">{{ me
 
 HOME = """{% extends "base" %}{% block body %}<table><tr><th>#</th><th>folder</th><th>kind</th></tr>
 {% for r in runs %}<tr><td>{{ loop.index0 }}</td><td><a href="/r/{{ loop.index0 }}/">{{ r.uri }}</a></td>
-<td>{{ r.kind }}</td></tr>{% endfor %}</table>{% endblock %}"""
+<td>{{ r.kind }}</td></tr>{% endfor %}</table>
+{% if compare %}<h2>Evaluation runs side by side</h2><ul>{% for a, b, t in compare %}
+<li><a class="compare" href="/compare/{{ t }}?a={{ a }}&amp;b={{ b }}">{{ t }}: run {{ a }} and run {{ b }}</a></li>{% endfor %}</ul>{% endif %}
+{% endblock %}"""
 
 PAGER = """{% macro pager(p, url) %}<nav id="pager"><span id="page-info">page {{ p.page }} of {{ p.pages }}
 ({{ p.total }} rows)</span>
@@ -85,6 +88,7 @@ EVAL_TASK = """{% extends "base" %}{% from "pager" import pager %}{% block crumb
 {% block body %}<form class="filters" method="get"><label>wrong answers of <select name="wrong" id="f-wrong">
 <option value="">(all examples)</option><option value="any"{% if wrong == "any" %} selected{% endif %}>any model</option>
 {% for m in models %}<option{% if wrong == m %} selected{% endif %}>{{ m }}</option>{% endfor %}</select></label>
+{% for k, v in (hidden or {}).items() %}<input type="hidden" name="{{ k }}" value="{{ v }}">{% endfor %}
 <button id="apply" type="submit">apply</button> <small>wrong: per-example score below 100, or no prediction</small></form>
 {{ pager(p, url) }}
 <table id="examples"><tr><th>#</th><th>image</th><th>prompt</th><th>label</th>{% for m in models %}<th>{{ m }}</th>{% endfor %}</tr>
