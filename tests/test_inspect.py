@@ -379,3 +379,22 @@ def test_a_real_synthesis_run(tmp_path, tmp_path_factory, ray_local, tiny_qwen2_
         assert errors.text.count('class="row"') == sum(r["error"] is not None for r in rows)
     finally:
         stop(proc)
+
+
+def test_a_run_on_s3(runs, s3_prefix, tmp_path, monkeypatch):
+    """The same pages from an s3:// run folder (moto's real S3 endpoint): index, filter, row, image."""
+    from adamllm_ray.inspect.synthesis import SynthesisRun
+    from conftest import upload_tree
+
+    monkeypatch.setenv("ADAMLLM_INSPECT_CACHE", str(tmp_path))
+    uri = f"{s3_prefix}/run"
+    upload_tree(runs["synth"], uri)
+    run = SynthesisRun(uri)
+    rows = task_rows(runs["synth"])
+    assert run.n == len(rows)
+    assert list(run.filter(verdict="no")) == [i for i, r in enumerate(rows) if r["verdict"] == "no"]
+    train = {e["id"]: e for e in json.loads((runs["synth"] / "train.json").read_text())}
+    kept = next(r for r in rows if r["response"] is not None)
+    assert json.loads(run.row(kept["id"])["example_text"]) == train[kept["id"]]
+    rel, data = run.image(kept["id"])
+    assert data == (runs["synth"] / rel).read_bytes()
