@@ -142,3 +142,17 @@ def test_hostile_sharegpt_set_through_the_job(tmp_path, ray_local, tiny_qwen2_vl
     assert copied and all(Image.open(io.BytesIO(c)).convert("RGB").tobytes() != secret_pixels for c in copied)
     gray = next(e for e in train if e["id"] == "gray16")["images"][0]
     assert Image.open(tmp_path / "out" / gray).convert("RGB").getpixel((2, 0)) == (128, 128, 128)
+
+
+def test_resume_cost_per_row_does_not_grow_with_rows_done():
+    import time
+
+    def per_row(done_count: int) -> float:
+        gate = sources.Gate({f"done-{i:07d}" for i in range(done_count)}, {})
+        t = time.perf_counter()
+        for i in range(20000):
+            gate(f"done-{i:07d}" if i % 2 else f"new-{i}", f"p:{i}", i)
+        return (time.perf_counter() - t) / 20000
+
+    small, large = per_row(1000), per_row(400_000)
+    assert large < small * 3 + 2e-6, (small, large)  # a set lookup, not a fetch of the done set per row

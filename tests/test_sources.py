@@ -272,3 +272,13 @@ def test_malformed_jsonl_line_is_one_error_row(tmp_path):
     assert len(bad) == 1 and bad[0]["error"]["stage"] == "read"
     assert bad[0]["error"]["message"].startswith("pairs.jsonl line 7: not valid JSON"), bad[0]["error"]
     assert {r for r in rows if not rows[r]["error"]} == {f"r{i}" for i in range(10)}
+
+
+def test_image_keys_under_an_s3_root_are_normalised_and_kept_inside():
+    from adamllm_ray.sources import resolve_image
+
+    root = "s3://bucket/set/imgs"
+    assert resolve_image(["a/./b/../c.png"], root, "image_root") == ("s3://bucket/set/imgs/a/c.png", None)
+    for bad in (["../other/secret.png"], ["a/../../secret.png"], ["s3://bucket/secret.png"], ["/secret.png"]):
+        uri, problem = resolve_image(bad, root, "image_root (s3://bucket/set/imgs)")
+        assert uri is None and "image_root (s3://bucket/set/imgs)" in problem, (bad, problem)
