@@ -18,6 +18,7 @@ BENCHMARKS = {
     "train": "adamllm_ray.training.bench:bench_train",
     "submit": "adamllm_ray.submit:bench_submit",
     "inspect": "adamllm_ray.inspect.bench:bench_inspect",
+    "resume": "adamllm_ray.synthesis.bench_resume:bench_resume",
 }
 
 
