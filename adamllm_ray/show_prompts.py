@@ -3,9 +3,9 @@ input rows, printed without starting Ray or an engine, so a user sees what will 
 paying for the engines.
 
 Only what the first N rows need is read: the sources' index is built file by file until N rows are
-known, and only their images are read and checked. Prompts are printed as
-JSON strings, so every newline, space and special token is visible and the text can be copied back
-exactly with `json.loads`. The prompts come from the functions the jobs call.
+known, and only their images are read and checked. Prompts are printed as JSON strings, so every
+newline, space and special token is visible and the text can be copied back exactly with
+`json.loads`. The prompts come from the functions the jobs call.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from PIL import Image
 
-from adamllm_ray import records, sources, storage
+from adamllm_ray import records, sources
 from adamllm_ray.config import ConfigError, EvaluateConfig, SourceConfig, SynthesisConfig
 
 
