@@ -96,7 +96,7 @@ def cmd_score(a):
 
 
 def cmd_demo(a):
-    from adamllm_ray import demo
+    from adamllm_ray.embedded import demo
 
     demo.run(a.out, n=a.n)
 

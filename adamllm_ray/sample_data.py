@@ -65,17 +65,31 @@ def encode(img, fmt: str = "PNG") -> bytes:
 
 def scene_qa(sc: dict) -> list[dict]:
     """Precise and informative answers to the same questions about a scene: the conversations a
-    synthesizer is tuned on (SPEC §3, synthesizer fine-tuning) so that it learns the hinted format."""
+    synthesizer is tuned on (SPEC §3, synthesizer fine-tuning) so that it learns the hinted format.
+
+    The informative answers are written so that each composition branch of SPEC §2 occurs: the
+    colour answer ends on an indicator word (informative alone), the background's precise answer
+    holds one (informative + precise), the count has none (chain of thought). The description
+    question is open-ended: a judge should call it Open. Questions come in an order drawn from the
+    scene, each one's two kinds next to each other in either order."""
     shape, color = sc["shapes"][0]
-    n = len(sc["shapes"])
-    return [
-        {"question": f"What color is the {shape}?", "kind": "precise", "answer": color.capitalize() + "."},
-        {"question": f"What color is the {shape}?", "kind": "informative",
-         "answer": f"The {shape} in the image is filled with {color}, so the answer is {color}."},
-        {"question": "How many shapes are in the picture?", "kind": "precise", "answer": str(n) + "."},
-        {"question": "How many shapes are in the picture?", "kind": "informative",
-         "answer": f"Counting the shapes on the {sc['background']} background gives {n}, so the answer is {n}."},
+    n, bg = len(sc["shapes"]), sc["background"]
+    questions = [
+        [{"question": f"What color is the {shape}?", "kind": "precise", "answer": color + "."},
+         {"question": f"What color is the {shape}?", "kind": "informative",
+          "answer": f"The {shape} in the image is filled with {color}, so the answer is {color}."}],
+        [{"question": "How many shapes are in the picture?", "kind": "precise", "answer": str(n) + "."},
+         {"question": "How many shapes are in the picture?", "kind": "informative",
+          "answer": f"Counting the shapes on the {bg} background one by one gives {n}."}],
+        [{"question": "What color is the background?", "kind": "precise", "answer": f"The final answer is {bg}."},
+         {"question": "What color is the background?", "kind": "informative",
+          "answer": f"Behind the shapes the whole picture is {bg}."}],
+        [{"question": "Describe the image briefly.", "kind": "precise", "answer": caption(sc).split(". ")[0] + "."},
+         {"question": "Describe the image briefly.", "kind": "informative", "answer": caption(sc)}],
     ]
+    rng = random.Random(caption(sc) + str(sc["size"]))
+    rng.shuffle(questions)
+    return [qa for pair in questions for qa in (pair if rng.random() < 0.5 else pair[::-1])]
 
 
 def vocabulary_sentences():
