@@ -14,7 +14,7 @@ from PIL import Image
 
 from adamllm_ray import sample_data, sources
 from adamllm_ray.config import ConfigError, SynthesisConfig, validate
-from adamllm_ray.synthesis import pipeline
+from adamllm_ray.synthesis import pipeline, resume
 from test_sources import entry, hostile_set
 from test_synthesis_pipeline import check_complete, engine, outputs
 
@@ -46,8 +46,8 @@ def test_tasks_file_removed_only_when_provably_incomplete(tmp_path, monkeypatch)
         def open_input_file(self, path):
             raise OSError("connection reset by peer")
 
-    monkeypatch.setattr(pipeline.storage, "filesystem", lambda uri: (Flaky(), uri))
-    monkeypatch.setattr(pipeline, "task_files", lambda out: [str(tasks / "whole.parquet")])
+    monkeypatch.setattr(resume.storage, "filesystem", lambda uri: (Flaky(), uri))
+    monkeypatch.setattr(resume, "task_files", lambda out: [str(tasks / "whole.parquet")])
     with pytest.raises(OSError, match="connection reset"):
         pipeline.completed_ids(str(tmp_path / "out"))
     monkeypatch.undo()
@@ -149,10 +149,14 @@ def test_resume_cost_per_row_does_not_grow_with_rows_done():
 
     def per_row(done_count: int) -> float:
         gate = sources.Gate({f"done-{i:07d}" for i in range(done_count)}, {})
-        t = time.perf_counter()
-        for i in range(20000):
-            gate(f"done-{i:07d}" if i % 2 else f"new-{i}", f"p:{i}", i)
-        return (time.perf_counter() - t) / 20000
+        keys = [(f"done-{i:07d}" if i % 2 else f"new-{i}", f"p:{i}", i) for i in range(20000)]
+        best = float("inf")
+        for _ in range(7):  # best of seven: a shared machine's noise only ever adds time
+            t = time.perf_counter()
+            for k in keys:
+                gate(*k)
+            best = min(best, (time.perf_counter() - t) / len(keys))
+        return best
 
     small, large = per_row(1000), per_row(400_000)
     assert large < small * 3 + 2e-6, (small, large)  # a set lookup, not a fetch of the done set per row
