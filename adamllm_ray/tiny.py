@@ -21,6 +21,7 @@ QWEN_SPECIAL = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
     "<|image_pad|>", "<|video_pad|>",
 ]
+MAX_POSITIONS = 8192  # above evaluation's max model length (6144), which vLLM refuses beyond this
 LLAMA3_SPECIAL = [
     "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
     "<|reserved_special_token_4|>", "<|finetune_right_pad_id|>", "<|image|>",
@@ -74,14 +75,14 @@ def build_qwen2_vl(out: Path, seed: int) -> None:
     template = get_family("qwen2_vl").chat_template
     tok = _fast_tokenizer(
         build_tokenizer(QWEN_SPECIAL), eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        chat_template=template, model_max_length=4096,
+        chat_template=template, model_max_length=MAX_POSITIONS,
     )
     tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL[1:]})
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
     config = Qwen2VLConfig(
         text_config=dict(
             vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
             bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
             max_window_layers=2,
@@ -113,12 +114,13 @@ def build_text(out: Path, seed: int) -> None:
 
     tok = _fast_tokenizer(
         build_tokenizer(QWEN_SPECIAL), bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>", chat_template=get_family("qwen2_vl").chat_template, model_max_length=4096,
+        pad_token="<|endoftext|>", chat_template=get_family("qwen2_vl").chat_template,
+        model_max_length=MAX_POSITIONS,
     )
     eos = tok.convert_tokens_to_ids("<|endoftext|>")
     config = Qwen2Config(
         vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=4096, bos_token_id=eos, eos_token_id=eos,
+        num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS, bos_token_id=eos, eos_token_id=eos,
         pad_token_id=eos, tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
@@ -137,14 +139,14 @@ def _llama3_tokenizer(family: str):
                                                         special_tokens=[("<|begin_of_text|>", bos)])
     tok = _fast_tokenizer(raw, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
                           pad_token="<|finetune_right_pad_id|>", chat_template=get_family(family).chat_template,
-                          model_max_length=4096)
+                          model_max_length=MAX_POSITIONS)
     tok.add_special_tokens({"additional_special_tokens": LLAMA3_SPECIAL[2:]})
     return tok, {t: tok.convert_tokens_to_ids(t) for t in LLAMA3_SPECIAL}
 
 
 def _llama_text(tok, ids: dict, **extra) -> dict:
     return dict(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS,
                 bos_token_id=ids["<|begin_of_text|>"], eos_token_id=ids["<|eot_id|>"],
                 pad_token_id=ids["<|finetune_right_pad_id|>"], tie_word_embeddings=False, **extra)
 

@@ -90,7 +90,8 @@ def test_benchmark_input_column_is_used_verbatim(tmp_path):
     """A PMC-VQA folder with both `input` and the question/options columns: the prompt is `input`;
     a row whose `input` is null gets the table's text."""
     image = _png()
-    rows = [{"image": image, "input": "Look closely. Which organ?\nA. Liver\nB. Spleen", "question": "Which organ is shown?",
+    rows = [{"image": image, "input": "Look closely. Which organ?\nA. Liver\nB. Spleen",
+             "question": "Which organ is shown?",
              "A": "Liver", "B": "Spleen", "C": "Heart", "D": "Lung", "label": "A"},
             {"image": image, "input": None, "question": "Which organ is shown?",
              "A": "Liver", "B": "Spleen", "C": "Heart", "D": "Lung", "label": "B"}]

@@ -74,9 +74,11 @@ def test_parameter_parts_per_family():
     cases = {
         "qwen2_vl": {"model.visual.blocks.0.attn.qkv.weight": "vision_tower",
                      "model.visual.merger.mlp.0.weight": "projector",
-                     "model.language_model.layers.0.mlp.up_proj.weight": "language_model", "lm_head.weight": "language_model"},
+                     "model.language_model.layers.0.mlp.up_proj.weight": "language_model",
+                     "lm_head.weight": "language_model"},
         "llava_next_llama3": {"model.vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight": "vision_tower",
-                              "model.multi_modal_projector.linear_1.weight": "projector", "model.image_newline": "projector",
+                              "model.multi_modal_projector.linear_1.weight": "projector",
+                              "model.image_newline": "projector",
                               "model.language_model.layers.1.self_attn.q_proj.weight": "language_model"},
         "mllama": {"model.vision_model.transformer.layers.0.mlp.fc1.weight": "vision_tower",
                    "model.multi_modal_projector.weight": "projector",

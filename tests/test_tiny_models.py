@@ -112,8 +112,10 @@ def test_vllm_runs_tiny_llava_next_like_transformers(family_models):
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from vllm import LLM, SamplingParams
 
+    from adamllm_ray import vllm_compat
     from adamllm_ray.families import get_family
 
+    vllm_compat.register()  # what the vLLM plugin entry point does in every vLLM process (pyproject.toml)
     path, fam = family_models["llava_next_llama3"], get_family("llava_next_llama3")
     prompt = fam.evaluation_prompt("What color is the circle?")
     imgs = [Image.new("RGB", (60, 40), (200, 30, 30)), Image.new("RGB", (30, 90), (20, 30, 230))]

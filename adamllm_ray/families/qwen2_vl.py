@@ -17,8 +17,9 @@ STRINGS = dict(
 )
 # Qwen2-VL's own chat template, for the messages this project renders (default system turn; image parts
 # as vision tokens before the text).
-CHAT_TEMPLATE = chat_template(STRINGS["begin"], STRINGS["system_header"], STRINGS["system_message"], "<|im_start|>ROLE\n",
-                              STRINGS["turn_close"], STRINGS["image_placeholder"], STRINGS["image_separator"])
+CHAT_TEMPLATE = chat_template(STRINGS["begin"], STRINGS["system_header"], STRINGS["system_message"],
+                              "<|im_start|>ROLE\n", STRINGS["turn_close"], STRINGS["image_placeholder"],
+                              STRINGS["image_separator"])
 # The authors' evaluation bounds: an image is resized to between 224*224 and 1280*28*28 pixels, so it
 # becomes 64 to 1280 visual tokens (one per 28x28 block).
 MIN_PIXELS = 224 * 224
