@@ -133,9 +133,10 @@ def cmd_bench(a):
 COMMANDS = {
     "make-tiny-model": (
         cmd_make_tiny_model,
-        "Build a tiny random-weight model (qwen2_vl, llava_next or text) with a locally trained tokenizer.",
+        "Build a tiny random-weight model (qwen2_vl, llava_next_llama3, mllama or text) with a locally trained "
+        "tokenizer.",
         lambda p: (
-            p.add_argument("--family", required=True, choices=["qwen2_vl", "llava_next", "text"]),
+            p.add_argument("--family", required=True, choices=["qwen2_vl", "llava_next_llama3", "mllama", "text"]),
             p.add_argument("--out", required=True),
             p.add_argument("--seed", type=int, default=0),
         ),
