@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 
 from adamllm_ray import storage
 from adamllm_ray.evaluation import metrics as m
-from adamllm_ray.evaluation.tasks import PAPER_SCORES, TASKS
+from adamllm_ray.evaluation.tasks import PAPER_SCORES, TASKS, guess_seed
 from adamllm_ray.inspect.runs import InspectError, cache_dir, read_json
 
-INDEX_VERSION = "1"
+INDEX_VERSION = "2"  # 2: multiple-choice guesses seeded by the example index
 
 
 def example_score(task: str, record: dict) -> tuple[float, bool]:
@@ -30,11 +30,11 @@ def example_score(task: str, record: dict) -> tuple[float, bool]:
             return m.vqa_open_recall(pred, label), False
         return float(m.vqa_closed_hit(pred, label)), False
     if task == "pmc_vqa":
-        choice, guessed = m.pmc_vqa_choice(pred, record["options"], record["id"])
+        choice, guessed = m.pmc_vqa_choice(pred, record["options"], guess_seed(record, record["id"]))
         return float(choice == label), guessed
     if task == "food101":
         mc = m.food101_choices(tuple(record["options"]))
-        choice, guessed = mc.parse(pred, record["id"])
+        choice, guessed = mc.parse(pred, guess_seed(record, record["id"]))
         return float(choice == str(mc.option_texts.index(label.replace("_", " ")))), guessed
     if metric == "rouge_l":
         return m.rouge_l_f(pred, label), False
