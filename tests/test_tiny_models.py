@@ -66,8 +66,10 @@ def test_every_family_loads_and_takes_one_training_step(family, family_models):
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+    from adamllm_ray.config import TrainConfig
     from adamllm_ray.families import get_family
     from adamllm_ray.training.data import IGNORE, encode_example
+    from adamllm_ray.training.loop import param_groups
 
     path = family_models[family]
     proc = AutoProcessor.from_pretrained(path)
@@ -84,9 +86,14 @@ def test_every_family_loads_and_takes_one_training_step(family, family_models):
 
     torch.manual_seed(0)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
+    # the training loop's optimizer groups: the family names the vision tower and the projector
+    cfg = TrainConfig.model_validate({"model": "m", "family": family, "output": "o", "data": {"path": "x"},
+                                      "optim": {"lr": 1e-3, "vision_lr": 1e-4}})
+    parts = {get_family(family).part_of(n) for n, _ in model.named_parameters()}
+    assert parts == {"vision_tower", "projector", "language_model"}, parts
     batch = {k: torch.from_numpy(np.asarray(v)) for k, v in enc["tensors"].items()}
     before = [p.detach().clone() for p in model.parameters()]
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(param_groups(model, cfg, get_family(family)))
     loss = model(**batch).loss
     assert torch.isfinite(loss)
     loss.backward()
