@@ -1,7 +1,9 @@
 """`adamllm score --task TASK --predictions FILE.jsonl`: score saved predictions with the paper's
 metrics, print a table beside the paper's numbers, write the scores as JSON.
 
-Each JSONL line is one prediction record (see evaluation/tasks.py for the fields per task). For
+Each JSONL line is one prediction record (see evaluation/tasks.py for the fields per task; `index`,
+the example's 0-based position in its benchmark split, seeds a multiple-choice guess as in
+`adamllm evaluate`, and a record without it takes its position among the file's records). For
 nutrition5k and foodseg103 `vocabulary` may be the phrase list itself or the path of a JSON file
 holding it (a relative path is taken from the predictions file's folder). Every line is checked
 before anything is scored; the first bad one is reported with its line number."""
