@@ -43,6 +43,10 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     missing = root / "missing-summary"
     shutil.copytree(synth, missing)
     (missing / "summary.json").unlink()
+    corrupt = root / "corrupt"
+    shutil.copytree(synth, corrupt)
+    part = sorted((corrupt / "tasks").glob("*.parquet"))[1]
+    part.write_bytes(part.read_bytes()[:500])
     # a run whose files point outside it: one row's image_path climbs out, one image is a symlink out
     tampered = write_run(root / "tampered", 12, seed=2)
     (root / "secret.txt").write_text(SECRET)
@@ -55,11 +59,11 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     from adamllm_ray import records
 
     pq.write_table(records.to_table(table, records.task_schema()), f)
-    return {"synth": synth, "eval": evaluation, "eval2": evaluation2, "not_a_run": not_a_run, "missing": missing, "tampered": tampered,
+    return {"synth": synth, "eval": evaluation, "eval2": evaluation2, "corrupt": corrupt, "not_a_run": not_a_run, "missing": missing, "tampered": tampered,
             "tampered_ids": (table[0]["id"], table[2]["id"])}
 
 
-ORDER = ("synth", "eval", "not_a_run", "missing", "tampered", "eval2")
+ORDER = ("synth", "eval", "not_a_run", "missing", "tampered", "eval2", "corrupt")
 
 
 def start(runs, tmp_path_factory, env_extra: dict | None = None):
@@ -270,7 +274,8 @@ def test_bad_input_is_a_4xx_page_with_a_message(server, runs):
         ("/r/1/eval/slake?page=2", 404, "page 2 is past the end"),
         ("/r/1/eval/no_task", 404, "no task 'no_task'"),
         ("/r/1/eval/slake?wrong=nobody", 400, "no model 'nobody'"),
-        ("/r/7/", 404, "no run '7'"),
+        ("/r/6/", 422, "cannot read the run"),
+        ("/r/9/", 404, "no run '9'"),
         ("/r/0/image/no-such-id", 404, "no row with id"),
     ]
     for path, status, message in cases:

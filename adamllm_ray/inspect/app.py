@@ -56,6 +56,9 @@ class Runs:
                 self.opened[n] = SynthesisRun(uri) if kind == "synthesis" else EvaluationRun(uri)
             except InspectError as err:
                 self.opened[n] = err
+            except Exception as err:  # noqa: BLE001 - an unreadable file in the run: say which run, not a 500
+                first = (str(err).splitlines() or [""])[0][:300]
+                self.opened[n] = InspectError(422, f"cannot read the run {uri}: {type(err).__name__}: {first}")
         return self.opened[n]
 
     def get(self, n: str):
