@@ -56,7 +56,7 @@ from adamllm_ray.families import get_family
 from adamllm_ray.records import (CAPTION, CAPTION_PROMPT, ERROR, ID, IMAGE, IMAGE_PATH, MESSAGES, QA_PAIRS,
                                  RAW_OUTPUT, RESPONSE, TRIPLET, VERDICT)
 from adamllm_ray.serving import media
-from adamllm_ray.serving.guard import (Guard, check_exposure, error_response, request_error_response,
+from adamllm_ray.serving.guard import (PARSED, Guard, check_exposure, error_response, request_error_response,
                                        resolve_key)
 from adamllm_ray.serving.requests import RequestError, parse_evaluate, parse_synthesize, read_body
 from adamllm_ray.synthesis.filter import load_judge_prompt
@@ -258,14 +258,11 @@ class TaskIngress(OpenAiIngress):
         return await super().chat(body, request)
 
     async def synthesize(self, request: Request) -> JSONResponse:
-        data = await read_body(request)
-        req = await asyncio.to_thread(parse_synthesize, data, self.cfg.images, self.cfg.family,
-                                      self.cfg.judge is not None)
+        req = await _off_loop(request, parse_synthesize, self.cfg.images, self.cfg.family, self.cfg.judge is not None)
         return JSONResponse(await self._synthesize(req))
 
     async def evaluate(self, request: Request) -> JSONResponse:
-        data = await read_body(request)
-        req = await asyncio.to_thread(parse_evaluate, data, self.cfg.images)
+        req = await _off_loop(request, parse_evaluate, self.cfg.images)
         return JSONResponse(await self._evaluate(req))
 
     async def _synthesize(self, req) -> dict[str, Any]:
@@ -328,6 +325,15 @@ class TaskIngress(OpenAiIngress):
 
     async def _bounded(self, name: str, awaitable, cancel) -> Any:
         return await bounded(name, awaitable, self.timeout_s, cancel)
+
+
+async def _off_loop(request: Request, parse, *args):
+    """The request's fields (the JSON the Guard checked, else the multipart form) through `parse`, in a
+    thread: it decodes the image, and a small PNG can hold many pixels."""
+    data = request.scope.get(PARSED)
+    if not isinstance(data, dict):
+        data = await read_body(request)
+    return await asyncio.to_thread(parse, data, *args)
 
 
 async def bounded(name: str, awaitable, timeout_s: float, cancel=None) -> Any:

@@ -30,6 +30,8 @@ ROUTES = ("/v1/synthesize", "/v1/evaluate", "/v1/chat/completions", "/v1/complet
 JSON_ROUTES = ("/v1/chat/completions", "/v1/completions")  # the task routes also take multipart
 LATENCY_BOUNDARIES_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000]
 MAX_JSON_DEPTH = 32
+INLINE_BYTES = 1 << 16  # bodies up to this size are checked on the event loop (a thread hop costs more)
+PARSED = "adamllm.json"  # scope key of the checked JSON body
 MAX_NUMBER_DIGITS = 64
 NO_KEY_WARNING = ("WARNING: adamllm serve: no API key is set, so anyone who can reach {where} can use every route; "
                   "export ADAMLLM_API_KEY=<key> (or set ingress.api_key_env) to require 'Authorization: Bearer <key>'")
@@ -303,8 +305,9 @@ class Guard:
         body = b"".join(chunks)
         if ctype == "application/json":
             try:
-                data = await asyncio.to_thread(check_json, body) if len(body) > 1 << 16 else check_json(body)
+                data = await asyncio.to_thread(check_json, body) if len(body) > INLINE_BYTES else check_json(body)
                 check_shape(path, data)
+                scope[PARSED] = data  # the task routes take it from here instead of parsing twice
             except RequestError as err:
                 raise _Refusal(request_error_response(err, rid)) from None
         return body
