@@ -484,3 +484,136 @@ def test_hadolint_finds_no_warnings(flavour):
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------- every job's resources exist in every cluster
+# A request no node type can hold waits for ever: the autoscaler has nothing to launch. The demands are read
+# from the job configs the way engine.py, serving/app.py and training/trainer.py turn them into Ray requests.
+
+JOBS = REPO / "jobs"
+
+
+def engine_bundles(section: dict) -> tuple[list[dict], int]:
+    """One vLLM engine's placement bundles (all on one node) and the pool's largest size."""
+    from adamllm_ray.config import EngineConfig
+
+    conc = section.get("concurrency", 1)
+    most = conc if isinstance(conc, int) else conc[1]
+    if section.get("accelerator", "cpu") == "cpu":
+        cpus = section.get("cpus_per_engine", EngineConfig.model_fields["cpus_per_engine"].default)
+        return [{"CPU": cpus}], most
+    bundle = {"GPU": 1, "CPU": 1}  # ray.data.llm's and ray.serve.llm's bundle per tensor-parallel rank
+    if section.get("accelerator_type"):
+        bundle[f"accelerator_type:{section['accelerator_type']}"] = 0.001
+    return [dict(bundle) for _ in range(section.get("tensor_parallel_size", 1))], most
+
+
+def job_demands(path: Path) -> list[tuple[str, list[dict], int]]:
+    """(what, bundles that must share one node, how many of them at most) for every placement a job asks for."""
+    from adamllm_ray.config import LIGHT_TASK_CPUS, IngressConfig, TrainDataConfig, TrainScalingConfig
+
+    job = load(path)
+    name = str(path.relative_to(REPO))
+    out = []
+    engines = {k: job[k] for k in ("synthesizer", "judge", "evaluator") if isinstance(job.get(k), dict)}
+    engines.update({f"models[{m['name']}]": m for m in job.get("models", [])})
+    for key, section in engines.items():
+        bundles, most = engine_bundles(section)
+        out.append((f"{name} {key}", bundles, most))
+    if "ingress" in job:
+        ingress = job["ingress"]
+        reps = ingress.get("replicas", 1)
+        cpus = ingress.get("num_cpus", IngressConfig.model_fields["num_cpus"].default)
+        out.append((f"{name} ingress", [{"CPU": cpus}], reps if isinstance(reps, int) else reps[1]))
+    elif engines:
+        out.append((f"{name} side stages", [{"CPU": LIGHT_TASK_CPUS}], 1))
+    if "scaling" in job:
+        s = {**{k: f.default for k, f in TrainScalingConfig.model_fields.items()}, **job["scaling"]}
+        worker = {"CPU": s["cpus_per_worker"], **({"GPU": 1} if s["use_gpu"] else {})}
+        if s["placement_strategy"] == "STRICT_PACK":
+            out.append((f"{name} training workers", [dict(worker) for _ in range(s["num_workers"])], 1))
+        else:
+            out.append((f"{name} training worker", [worker], s["num_workers"]))
+        cpus = job.get("data", {}).get("map_num_cpus", TrainDataConfig.model_fields["map_num_cpus"].default)
+        out.append((f"{name} data actors", [{"CPU": cpus}], 1))
+    return out
+
+
+def fits(bundles: list[dict], node: dict) -> int:
+    """How many copies of the bundle group one node of these resources holds."""
+    need: dict[str, float] = {}
+    for b in bundles:
+        for k, v in b.items():
+            need[k] = need.get(k, 0) + v
+    return min(int(node.get(k, 0) // v) if v else 10**9 for k, v in need.items())
+
+
+def unplaceable(demands: list[tuple[str, list[dict], int]], node_types: dict[str, tuple[dict, int]]) -> list[str]:
+    """Demands no worker node type can hold, or whose largest pool exceeds what the node types can grow to."""
+    problems = []
+    for what, bundles, most in demands:
+        room = sum(fits(bundles, res) * max_workers for res, max_workers in node_types.values())
+        if not any(fits(bundles, res) for res, _ in node_types.values()):
+            problems.append(f"{what}: no worker node type offers {bundles}")
+        elif room < most:
+            problems.append(f"{what}: up to {most} x {bundles} asked, the node types hold {room} at most")
+    return problems
+
+
+def aws_node_types() -> dict[str, tuple[dict, int]]:
+    config = load(AWS)
+    return {n: (t["resources"], t["max_workers"]) for n, t in config["available_node_types"].items()
+            if n != config["head_node_type"]}
+
+
+def kuberay_node_types(name: str) -> dict[str, tuple[dict, int]]:
+    """The node types Ray's own KubeRay autoscaler derives from the manifest's RayCluster spec."""
+    from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
+
+    kind, where = MANIFESTS[name]
+    cr = {"metadata": {"name": "adamllm", "namespace": "default"}, "spec": cluster_spec(load(KUBERAY / name), where)}
+    config = _derive_autoscaling_config_from_ray_cr(cr)
+    return {n: (t["resources"], t["max_workers"]) for n, t in config["available_node_types"].items()
+            if n != config["head_node_type"]}
+
+
+def jobs_run_by(cluster: str) -> list[Path]:
+    """A RayJob runs its entrypoint's job, a RayService its Serve config's job; other clusters run any job."""
+    if cluster == "rayjob-synthesize.yaml":
+        return [REPO / CONFIG_RE.search(load(KUBERAY / cluster)["spec"]["entrypoint"]).group(1)]
+    if cluster == "rayservice.yaml":
+        return [REPO / app["args"]["config"] for app in serve_applications()]
+    return sorted(p for p in JOBS.rglob("*.yaml") if p.name != "runtime_env.yaml" and "applications" not in load(p))
+
+
+@pytest.mark.parametrize("cluster", ["aws.yaml", *sorted(MANIFESTS)])
+def test_every_resource_a_job_asks_for_is_offered_by_a_worker_group(cluster):
+    node_types = aws_node_types() if cluster == "aws.yaml" else kuberay_node_types(cluster)
+    demands = [d for job in jobs_run_by(cluster) for d in job_demands(job)]
+    assert any("GPU" in b for _, bundles, _ in demands for b in bundles), "no GPU demand found: did the configs move?"
+    assert not unplaceable(demands, node_types), "\n".join(unplaceable(demands, node_types))
+
+
+def test_coverage_check_reports_a_missing_accelerator_and_a_pool_too_large():
+    node_types = {"gpu": ({"CPU": 48, "GPU": 4, "accelerator_type:A10G": 1}, 2)}
+    demands = [
+        ("a", [{"GPU": 1, "CPU": 1, "accelerator_type:A100": 0.001}], 1),
+        ("b", [{"GPU": 1, "CPU": 1}] * 2, 5),  # tp 2: 2 engines per node, 4 at most
+        ("c", [{"GPU": 1, "CPU": 1}], 8),
+        ("d", [{"CPU": 1, "TPU": 1}], 1),
+    ]
+    assert unplaceable(demands, node_types) == [
+        "a: no worker node type offers [{'GPU': 1, 'CPU': 1, 'accelerator_type:A100': 0.001}]",
+        "b: up to 5 x [{'GPU': 1, 'CPU': 1}, {'GPU': 1, 'CPU': 1}] asked, the node types hold 4 at most",
+        "d: no worker node type offers [{'CPU': 1, 'TPU': 1}]",
+    ]
+
+
+def test_cluster_configs_autoscale_with_an_idle_timeout():
+    aws = load(AWS)
+    assert 0 < aws["idle_timeout_minutes"] <= 30 and aws["upscaling_speed"] > 0
+    for name, (_, where) in MANIFESTS.items():
+        spec = cluster_spec(load(KUBERAY / name), where)
+        assert spec["enableInTreeAutoscaling"] is True, name
+        assert 0 < spec["autoscalerOptions"]["idleTimeoutSeconds"] <= 1800, name
+        assert any(g["maxReplicas"] > g["minReplicas"] for g in spec["workerGroupSpecs"]), f"{name}: nothing can grow"
