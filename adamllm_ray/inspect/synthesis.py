@@ -20,7 +20,7 @@ from adamllm_ray import records, storage
 from adamllm_ray.inspect.runs import InspectError, cache_dir, read_image, read_json
 from adamllm_ray.synthesis.compose import response_rule
 
-INDEX_VERSION = "2"
+INDEX_VERSION = "3"
 BRANCHES = {"a": "informative answer alone", "b": "informative + precise", "c": "chain of thought"}
 STATUSES = ("kept", "caption_only", "error", "left_out")
 TABLE_COLUMNS = [records.ID, records.IMAGE_PATH, records.CAPTION, records.ERROR]
@@ -128,7 +128,7 @@ class SynthesisRun:
                         else:
                             status = "caption_only" if off >= 0 else "left_out"
                         triplet = r[records.TRIPLET]
-                        questions = " ".join(p["question"] for p in r[records.QA_PAIRS] or [])
+                        questions = " ".join(dict.fromkeys(p["question"] for p in r[records.QA_PAIRS] or []))
                         values = (r[records.ID], fi, rg, i, r[records.VERDICT], status,
                                   (r[records.ERROR] or {}).get("stage"), triplet is not None,
                                   response_rule(triplet) if status == "kept" else None, off, length)
