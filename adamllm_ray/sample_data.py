@@ -71,7 +71,7 @@ def scene_qa(sc: dict) -> list[dict]:
     colour answer ends on an indicator word (informative alone), the background's precise answer
     holds one (informative + precise), the count has none (chain of thought). The description
     question is open-ended: a judge should call it Open. Questions come in an order drawn from the
-    scene, each one's two kinds next to each other in either order."""
+    scene (so triplets of every kind occur), each asked for a precise, then an informative answer."""
     shape, color = sc["shapes"][0]
     n, bg = len(sc["shapes"]), sc["background"]
     questions = [
@@ -87,9 +87,8 @@ def scene_qa(sc: dict) -> list[dict]:
         [{"question": "Describe the image briefly.", "kind": "precise", "answer": caption(sc).split(". ")[0] + "."},
          {"question": "Describe the image briefly.", "kind": "informative", "answer": caption(sc)}],
     ]
-    rng = random.Random(caption(sc) + str(sc["size"]))
-    rng.shuffle(questions)
-    return [qa for pair in questions for qa in (pair if rng.random() < 0.5 else pair[::-1])]
+    random.Random(caption(sc) + str(sc["size"])).shuffle(questions)
+    return [qa for pair in questions for qa in pair]
 
 
 def vocabulary_sentences():

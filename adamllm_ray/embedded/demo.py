@@ -36,7 +36,7 @@ DEFAULT_OUT = "demo-output"
 BENCHMARK_SIZE = 32  # examples per task: enough that a difference between models can show
 
 
-def job(name: str, model, out: Path, **overrides):
+def job(name: str, model, out: Path, /, **overrides):
     """A job config from jobs/, its demo-output/ paths moved under `out`, with dotted overrides."""
     text = (ROOT / "jobs" / name).read_text().replace(f"{DEFAULT_OUT}/", f"{out.as_posix()}/")
     data = yaml.safe_load(text)
@@ -139,6 +139,7 @@ def run(out: str = DEFAULT_OUT, n: int = 48) -> dict:
     steps = Steps()
     console.quiet()
     with ray_session(RayConfig(address="local", num_cpus=4)):
+        console.filter_worker_logs()
         inputs = steps.run("build tiny models, sample pairs, mini-benchmark",
                            lambda r: f"{n} sample pairs, {BENCHMARK_SIZE} examples per task, models in {out_dir / 'models'}",
                            build_inputs, out_dir, n)

@@ -389,11 +389,15 @@ def build_dataset(examples: list[dict], model: str, family: str, cfg: TrainDataC
 
     blocks = max(1, min(len(examples) // cfg.map_batch_size, 2000))
     ds = ray.data.from_items(examples, override_num_blocks=blocks)
-    return ds.map_batches(
+    ds = ds.map_batches(
         EncodeBatch, fn_constructor_kwargs=dict(model=model, family=family, max_length=cfg.max_length,
                                                 synthesizer=cfg.synthesizer_tuning, limits=cfg.images),
         batch_format="pyarrow", batch_size=cfg.map_batch_size, num_cpus=cfg.map_num_cpus,
         concurrency=cfg.map_concurrency)
+    # The stream runs in a coordinator actor whose progress bars reach the console as repeated lines;
+    # the workers' step lines say how training goes.
+    ds.context.enable_progress_bars = False
+    return ds
 
 
 # ---------------------------------------------------------------- batching (workers)

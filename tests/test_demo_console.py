@@ -1,0 +1,38 @@
+"""The demo's console filter: the resource-tracker tracebacks and engine-lost errors that healthy
+engine shutdowns print in Ray's workers are left out; every other line, real errors included, stays.
+The lines are as a demo run printed them (vLLM 0.29 on CPU, Python 3.11)."""
+
+from adamllm_ray.embedded.console import benign
+
+TRACKER_BLOCK = [
+    "Traceback (most recent call last):",
+    '  File "/usr/lib/python3.11/multiprocessing/resource_tracker.py", line 239, in main',
+    "    cache[rtype].remove(name)",
+    "KeyError: '/psm_b0dd2efe'",
+    "(Worker pid=20762) /usr/lib/python3.11/multiprocessing/resource_tracker.py:123: UserWarning: resource_tracker: "
+    "process died unexpectedly, relaunching.  Some resources might leak.",
+    "(Worker pid=20762)   warnings.warn('resource_tracker: process died unexpectedly, '",
+]
+ENGINE_LOST = [
+    "WARNING 12-04 14:35:35 [core_client.py:728] [shutdown] MPClient: engine core exited unexpectedly; starting cleanup",
+    "ERROR 12-04 14:35:35 [async_llm.py:819] AsyncLLM output_handler failed.",
+    "ERROR 12-04 14:35:35 [async_llm.py:819] vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue.",
+]
+REAL_ERROR = [
+    "Traceback (most recent call last):",
+    '  File "/work/adamllm_ray/synthesis/stages.py", line 40, in __call__',
+    "    raise ValueError('bad row')",
+    "ValueError: bad row",
+]
+
+
+def test_shutdown_noise_is_dropped_and_nothing_else():
+    assert benign(TRACKER_BLOCK, shutting_down=False) == [True] * len(TRACKER_BLOCK)
+    assert benign(ENGINE_LOST, shutting_down=True) == [True] * len(ENGINE_LOST)
+    assert benign(REAL_ERROR, shutting_down=True) == [False] * len(REAL_ERROR)
+
+
+def test_an_engine_lost_outside_a_shutdown_is_printed():
+    assert benign(ENGINE_LOST, shutting_down=False) == [False] * len(ENGINE_LOST)
+    mixed = REAL_ERROR + TRACKER_BLOCK
+    assert benign(mixed, shutting_down=False) == [False] * len(REAL_ERROR) + [True] * len(TRACKER_BLOCK)
