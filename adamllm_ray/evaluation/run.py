@@ -37,6 +37,9 @@ from adamllm_ray.evaluation.tasks import TASKS, get_task
 from adamllm_ray.ray_session import ray_session
 
 NOOP_TOKENS = 1
+# How examples are asked (evaluation/prompts.py); a pair done another way is redone. 2: as the authors
+# asked (input verbatim, pixel bounds, special tokens skipped, guesses seeded by the index).
+PROTOCOL = 2
 CARRIED = ("task", "index", "record", records.ERROR)
 
 
@@ -57,7 +60,8 @@ def done_file(out: str, model: str, task: str) -> str:
 
 def pair_signature(model: EvalModelConfig, plan: TaskPlan) -> dict[str, Any]:
     """What a pair's results depend on; a done file with another signature is redone."""
-    return {"model": model.model, "family": model.family, "data": plan.folder, "examples": plan.examples,
+    return {"protocol": PROTOCOL, "model": model.model, "family": model.family, "data": plan.folder,
+            "examples": plan.examples,
             "vocabulary": plan.vocabulary_file, "max_new_tokens": plan.max_new_tokens,
             "temperature": model.sampling.temperature}
 
