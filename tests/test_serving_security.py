@@ -130,6 +130,8 @@ def test_the_key_is_resolved_when_the_app_is_built(monkeypatch, tiny_qwen2_vl):
     cfg = load_config(ServeConfig, ROOT / "jobs/serve/tiny_cpu.yaml", [
         f"synthesizer.model={tiny_qwen2_vl}", "synthesizer.tiny=null", "judge=null",
         "ingress.api_key_env=ADAMLLM_BUILD_TEST_KEY"])
+    # the model deployments' options read Ray's runtime context (which would start a Ray): not needed here
+    monkeypatch.setattr(app, "build_llm_deployment", lambda config, deployment_cls: f"model {config.model_id}")
     ingress = app.application(cfg)._bound_deployment
     monkeypatch.delenv("ADAMLLM_BUILD_TEST_KEY")  # as on a replica's node
     assert ingress.init_kwargs["has_key"] is True
