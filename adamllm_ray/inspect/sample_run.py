@@ -17,8 +17,7 @@ from adamllm_ray.synthesis.stages import finish_row, parse_row
 ERROR_STAGES = ("read", "synthesize", "judge")
 
 
-def _row(i: int, rng: random.Random, family, image_path: str) -> tuple[dict, bytes | None]:
-    sc = sample_data.scene(rng)
+def _row(i: int, rng: random.Random, family, image_path: str, sc: dict) -> tuple[dict, dict]:
     row = {ID: f"gen-{i:07d}", IMAGE_PATH: image_path, records.CAPTION: sample_data.caption(sc),
            records.CAPTION_PROMPT: sample_data.CAPTION_PROMPT, ERROR: None, "raw_output": None, "output_tokens": 0}
     roll = rng.random()
@@ -67,8 +66,8 @@ def write_run(out: str | Path, n: int, seed: int = 0, rows_per_file: int = 10_00
             if writer:
                 writer.close()
             writer = pq.ParquetWriter(out / "tasks" / f"gen_{i // rows_per_file:06d}.parquet", schema)
+        sc = sample_data.scene(rng)
         if distinct_images or len(pool) < 64:
-            sc = sample_data.scene(random.Random(seed * 1_000_003 + i))
             data = sample_data.encode(sample_data.draw(sc, random.Random(i)))
             rel = pipeline.image_name(f"gen-{i:07d}", data)
             (out / rel).write_bytes(data)
@@ -76,7 +75,7 @@ def write_run(out: str | Path, n: int, seed: int = 0, rows_per_file: int = 10_00
             image_path = rel
         else:
             image_path = pool[i % len(pool)]
-        row, _ = _row(i, rng, family, image_path)
+        row, _ = _row(i, rng, family, image_path, sc)
         batch.append(row)
         if len(batch) == row_group or (i + 1) % rows_per_file == 0 or i == n - 1:
             writer.write_table(records.to_table(batch, schema))
