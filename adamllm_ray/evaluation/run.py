@@ -27,7 +27,7 @@ import sys
 import time
 from typing import Any
 
-from adamllm_ray import engine, images, records, storage
+from adamllm_ray import engine, images, records, scaling, storage
 from adamllm_ray.config import EvalModelConfig, EvaluateConfig, dump_config, validate
 from adamllm_ray.evaluation import benchmark, report
 from adamllm_ray.evaluation.benchmark import BenchmarkError, TaskPlan
@@ -273,19 +273,23 @@ def run(cfg: EvaluateConfig) -> dict:
     plans = {t.name: benchmark.plan_task(t) for t in cfg.tasks}
     pending = pending_pairs(cfg, plans)
     t0 = time.perf_counter()
-    rows = 0
+    rows, timeline = 0, None
     if any(pending.values()):
         with ray_session(cfg.ray):
+            sampler = scaling.start()  # nodes and engines alive over the run: metrics.json "scaling", scaling.png
             for model in cfg.models:
                 if pending[model.name]:
                     print(f"{model.name}: {', '.join(p.task for p in pending[model.name])} "
                           f"({sum(p.examples for p in pending[model.name])} examples)")
                     rows += infer(cfg, model, pending[model.name])
+            timeline = sampler.stop()
     wall = time.perf_counter() - t0
     this_run = {"pairs": sum(len(v) for v in pending.values()), "rows": rows, "wall_s": round(wall, 2),
                 "rows_per_s": round(rows / wall, 2) if rows and wall else None,
                 "resumed_pairs": len(cfg.models) * len(plans) - sum(len(v) for v in pending.values())}
     metrics = finalize(cfg, plans, this_run)
+    if timeline is not None:
+        scaling.record(cfg.output, "metrics.json", metrics, timeline)
     print("\n" + report.markdown(metrics))
     print(f"wrote {metrics['outputs']['report']} and {metrics['outputs']['chart']}")
     return metrics

@@ -23,7 +23,7 @@ import zlib
 from collections import Counter
 from typing import Any
 
-from adamllm_ray import engine, images, records, sources, storage
+from adamllm_ray import engine, images, records, scaling, sources, storage
 from adamllm_ray.config import SynthesisConfig, dump_config
 from adamllm_ray.families import get_family
 from adamllm_ray.ray_session import ray_session
@@ -315,6 +315,7 @@ def run(cfg: SynthesisConfig) -> dict:
     rules = caption_rules(cfg)
     with ray_session(cfg.ray):
         t0 = time.perf_counter()
+        sampler = scaling.start()  # nodes and engines alive over the run: summary.json "scaling", scaling.png
         index = sources.read_index(cfg.source, rules)
         scan = sources.scan_index(index)
         if scan.to_do(done):  # a run whose rows are all done starts no engine
@@ -329,6 +330,8 @@ def run(cfg: SynthesisConfig) -> dict:
             # every row stays buffered in the object store until then.
             ds.write_parquet(path, filesystem=fs, ray_remote_args={"num_cpus": engine.SIDE_STAGE_CPUS})
         wall = time.perf_counter() - t0
+        timeline = sampler.stop()
     summary = finalize(cfg, wall, done, scan)
+    scaling.record(out, "summary.json", summary, timeline)
     print_summary(summary)
     return summary

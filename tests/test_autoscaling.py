@@ -1,0 +1,82 @@
+"""Autoscaling you can watch: the scaling timeline of a run (nodes and vLLM engines alive over time, from
+Ray's own state), its chart, and engine pools that stay within their configured range."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+from adamllm_ray import scaling
+
+ENGINE = "MapWorker(MapBatches(vLLMEngineStageUDF))"
+
+
+def test_engine_pools_count_only_ray_datas_vllm_engine_actors():
+    names = [ENGINE, ENGINE, "MapWorker(Map(preprocess))", "_StatsActor", "MapWorker(MapBatches(Other))",
+             "MapWorker(Map(pre)->MapBatches(vLLMEngineStageUDF))"]
+    assert scaling.engine_pools(names) == {"Map(pre)->MapBatches(vLLMEngineStageUDF)": 1,
+                                           "MapBatches(vLLMEngineStageUDF)": 2}
+    assert scaling.engine_pools([]) == {}
+
+
+def fake_cluster():
+    """A probe whose engine count follows a script: 0, 1, 2, 2, 1, 0 and then 0."""
+    script = iter([0, 1, 2, 2, 1, 0])
+    lock = threading.Lock()
+
+    def probe():
+        with lock:
+            n = next(script, 0)
+        return 1 + (n > 1), [ENGINE] * n + ["_StatsActor"]
+    return probe
+
+
+def test_sampler_covers_the_run_from_start_to_stop():
+    sampler = scaling.ScalingSampler(every_s=0.05, probe=fake_cluster()).start()
+    time.sleep(0.5)
+    tl = sampler.stop()
+    ts = [s["t"] for s in tl["samples"]]
+    assert ts[0] == 0 and ts == sorted(ts) and ts[-1] >= 0.45
+    engines = [s["engines"].get("MapBatches(vLLMEngineStageUDF)", 0) for s in tl["samples"]]
+    assert engines[:6] == [0, 1, 2, 2, 1, 0] and set(engines[6:]) == {0}
+    assert tl["max_engines"] == {"MapBatches(vLLMEngineStageUDF)": 2} and tl["max_nodes"] == 2
+    assert "error" not in tl
+    assert not sampler._thread.is_alive()
+
+
+def test_a_long_run_keeps_a_bounded_timeline():
+    sampler = scaling.ScalingSampler(every_s=0.001, max_samples=16, probe=lambda: (1, [ENGINE]))
+    sampler.start()
+    time.sleep(0.5)
+    tl = sampler.stop()
+    assert 8 <= len(tl["samples"]) <= 17
+    assert tl["every_s"] > 0.001  # sampling slowed down as samples were thinned
+    assert tl["samples"][0]["t"] == 0 and tl["samples"][-1]["t"] >= 0.45
+
+
+def test_a_probe_that_fails_ends_the_timeline_not_the_run():
+    calls = []
+
+    def probe():
+        calls.append(1)
+        if len(calls) > 2:
+            raise ConnectionError("GCS went away")
+        return 1, [ENGINE]
+    sampler = scaling.ScalingSampler(every_s=0.01, probe=probe).start()
+    time.sleep(0.2)
+    tl = sampler.stop()
+    assert len(tl["samples"]) == 2 and tl["error"] == "ConnectionError: GCS went away"
+    assert len(calls) == 3
+
+
+def test_record_puts_the_timeline_in_the_summary_and_draws_the_chart(tmp_path):
+    sampler = scaling.ScalingSampler(every_s=0.02, probe=fake_cluster()).start()
+    time.sleep(0.2)
+    tl = sampler.stop()
+    summary = {"counts": {"read": 3}}
+    scaling.record(str(tmp_path), "summary.json", summary, tl)
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["counts"] == {"read": 3} and written["scaling"]["samples"] == tl["samples"]
+    png = (tmp_path / "scaling.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 2000
