@@ -300,7 +300,8 @@ class TrainScalingConfig(Section):
     # how the workers' bundles spread over nodes (Ray's placement group strategies); STRICT_SPREAD puts
     # each worker on its own node
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
-    wait_for_resources: bool = False  # autoscaling clusters: do not fail fast when GPUs are not there yet
+    wait_for_resources: bool = False  # autoscaling clusters: ask the autoscaler for the workers' nodes and wait
+    wait_timeout_s: float = Field(900.0, gt=0)  # ... this long at most, then fail naming what never came
 
 
 class TrainOptimConfig(Section):

@@ -80,3 +80,40 @@ def test_record_puts_the_timeline_in_the_summary_and_draws_the_chart(tmp_path):
     assert written["counts"] == {"read": 3} and written["scaling"]["samples"] == tl["samples"]
     png = (tmp_path / "scaling.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 2000
+
+
+# ---------------------------------------------------------------- training that waits for its nodes
+
+
+def test_missing_for_names_the_resource_the_nodes_lack():
+    from adamllm_ray.training.trainer import missing_for
+
+    gpu_node = {"CPU": 48, "GPU": 4}
+    assert missing_for([gpu_node, gpu_node], {"CPU": 8, "GPU": 1}, 8) is None
+    assert missing_for([{"CPU": 4}], {"CPU": 1, "GPU": 1}, 2) == "GPU (cluster total 0, 2 x 1 needed)"
+    # enough CPU in total, but no single node holds a worker's 3 CPUs
+    assert missing_for([{"CPU": 2}, {"CPU": 2}], {"CPU": 3}, 1) == \
+        "1 nodes with {'CPU': 3} each (0 worker(s) fit the nodes there are)"
+
+
+def scaling_only(**kw):
+    from types import SimpleNamespace
+
+    from adamllm_ray.config import TrainScalingConfig
+
+    return SimpleNamespace(scaling=TrainScalingConfig(**kw))
+
+
+def test_training_waits_a_bounded_time_and_names_the_missing_resource(ray_local):
+    """HEAVY (Ray). A local Ray has no autoscaler and no GPU: the wait ends at its timeout, naming GPU."""
+    import pytest
+
+    from adamllm_ray.training.trainer import TrainError, wait_for_workers
+
+    wait_for_workers(scaling_only(num_workers=2, cpus_per_worker=1, wait_for_resources=True))  # fits: no wait
+    t0 = time.monotonic()
+    with pytest.raises(TrainError) as err:
+        wait_for_workers(scaling_only(num_workers=2, use_gpu=True, wait_for_resources=True, wait_timeout_s=3),
+                         poll_s=0.5)
+    assert 3 <= time.monotonic() - t0 < 15
+    assert "waited 3 s for 2 training worker(s)" in str(err.value) and "GPU (cluster total 0, 2 x 1 needed)" in str(err.value)

@@ -24,11 +24,50 @@ class TrainError(RuntimeError):
     """A run that cannot start or did not finish; the message says why."""
 
 
+def worker_bundle(cfg: TrainConfig) -> dict[str, float]:
+    return {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})}
+
+
+def missing_for(nodes: list[dict[str, float]], bundle: dict[str, float], n: int) -> str | None:
+    """What keeps `n` copies of `bundle` off these nodes (their total resources), or None when they fit."""
+    fit = sum(min(int(node.get(k, 0) // v) for k, v in bundle.items() if v) for node in nodes)
+    if fit >= n:
+        return None
+    short = [f"{k} (cluster total {sum(node.get(k, 0) for node in nodes):g}, {n} x {v:g} needed)"
+             for k, v in bundle.items() if v and sum(node.get(k, 0) for node in nodes) < n * v]
+    return ", ".join(short) or f"{n} nodes with {bundle} each ({fit} worker(s) fit the nodes there are)"
+
+
+def wait_for_workers(cfg: TrainConfig, poll_s: float = 2.0) -> None:
+    """Ask the autoscaler for the workers' bundles and wait until the cluster's nodes hold them, at most
+    `scaling.wait_timeout_s`: a worker group that can never be placed otherwise waits in silence for ever."""
+    import ray
+    from ray.autoscaler.sdk import request_resources
+
+    bundle, n = worker_bundle(cfg), cfg.scaling.num_workers
+    request_resources(bundles=[bundle] * n)
+    deadline = time.monotonic() + cfg.scaling.wait_timeout_s
+    try:
+        while True:
+            missing = missing_for([x["Resources"] for x in ray.nodes() if x.get("Alive")], bundle, n)
+            if missing is None:
+                return
+            if time.monotonic() >= deadline:
+                raise TrainError(
+                    f"waited {cfg.scaling.wait_timeout_s:g} s for {n} training worker(s) of {bundle}, and the cluster "
+                    f"still lacks {missing}: no node offering it joined. Check that a worker node type of the "
+                    f"cluster config offers it and that its max_workers allows {n} worker(s).")
+            time.sleep(poll_s)
+    finally:
+        request_resources(bundles=[])  # the trainer's own placement group keeps asking from here on
+
+
 def check_resources(cfg: TrainConfig) -> None:
     """Fail fast when the cluster can never hold the worker group: Ray would otherwise wait silently."""
     import ray
 
     if cfg.scaling.wait_for_resources:
+        wait_for_workers(cfg)
         return
     have = ray.cluster_resources()
     n = cfg.scaling.num_workers
@@ -96,7 +135,7 @@ def run(cfg: TrainConfig, in_memory: bool = False) -> dict:
     dataset = data.build_dataset(examples, model, cfg.family, cfg.data)
     fs, root = storage.filesystem(cfg.output)
     run_dir = storage.join(cfg.output, cfg.name)
-    resources = {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})}
+    resources = worker_bundle(cfg)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": dump_config(cfg), "total_steps": total_steps,
