@@ -117,3 +117,32 @@ def test_training_waits_a_bounded_time_and_names_the_missing_resource(ray_local)
                          poll_s=0.5)
     assert 3 <= time.monotonic() - t0 < 15
     assert "waited 3 s for 2 training worker(s)" in str(err.value) and "GPU (cluster total 0, 2 x 1 needed)" in str(err.value)
+
+
+# ---------------------------------------------------------------- the timeline of a real run
+
+
+def test_synthesis_run_records_a_timeline_that_covers_it(tmp_path, ray_local, tiny_qwen2_vl):
+    """HEAVY (Ray, vLLM). A pool of [1, 2] engines: the timeline starts with the run and ends with it, saw
+    an engine, and never more than the pool's max."""
+    from adamllm_ray import sample_data
+    from adamllm_ray.config import SynthesisConfig, validate
+    from adamllm_ray.synthesis import pipeline
+
+    sample_data.write_parquet(sample_data.make_pairs(24, seed=5), tmp_path / "in", shards=4)
+    cfg = validate(SynthesisConfig, {
+        "source": {"format": "parquet", "path": str(tmp_path / "in")}, "output": str(tmp_path / "out"),
+        "family": "qwen2_vl", "synthesizer": {
+            "model": tiny_qwen2_vl, "dtype": "float32", "batch_size": 4, "max_model_len": 1024,
+            "concurrency": [1, 2], "sampling": {"max_tokens": 16}}})
+    pipeline.run(cfg)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    tl = summary["scaling"]
+    samples = tl["samples"]
+    assert "error" not in tl, tl.get("error")
+    assert samples[0]["t"] == 0 and samples[-1]["t"] >= summary["this_run"]["wall_s"] - 1.0
+    assert all(b["t"] - a["t"] <= 3 * tl["every_s"] + 2 for a, b in zip(samples, samples[1:])), "a gap in the timeline"
+    engines = [sum(s["engines"].values()) for s in samples]
+    assert max(engines) >= 1 and max(engines) <= 2, engines
+    assert all(s["nodes"] == 1 for s in samples)
+    assert (tmp_path / "out" / "scaling.png").read_bytes().startswith(b"\x89PNG")
