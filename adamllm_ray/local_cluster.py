@@ -51,6 +51,7 @@ class LocalCluster:
         self.nodes: dict[str, subprocess.Popen] = {}  # custom resource name -> its `ray start`
         self.temp_root = tempfile.mkdtemp(prefix="rc-", dir="/tmp")  # short: socket paths live below it
         self.started = 0  # `ray start`s so far: each gets temp_root/N
+        self.head_args: list[str] = []
 
     def __enter__(self) -> "LocalCluster":
         os.environ["RAY_AUTH_MODE"] = "disabled"  # this process queries the cluster's state API
@@ -88,7 +89,7 @@ class LocalCluster:
                 f"--temp-dir={self.temp_root}/{self.started}", f"--object-store-memory={self.object_store_mb * 2**20}"]
         if head:
             args += ["--head", f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1",
-                     f"--dashboard-port={self.dashboard_port}", "--include-dashboard=true"]
+                     f"--dashboard-port={self.dashboard_port}", "--include-dashboard=true", *self.head_args]
         else:
             args += [f"--address=127.0.0.1:{self.gcs_port}"]
         log = Path(self.temp_root, f"{self.started}.log")
@@ -157,3 +158,53 @@ class LocalCluster:
         return [a for a in list_actors(address=self.dashboard, filters=[("job_id", "=", driver.id)], detail=True,
                                        limit=10_000, raise_on_missing_output=False)
                 if class_part in (a.class_name or "") or class_part in (a.repr_name or "")]
+
+
+class AutoscalingLocalCluster(LocalCluster):
+    """A head running Ray's autoscaler with its fake multi-node provider (the one Ray tests its autoscaler
+    with): worker nodes of the declared types are launched on this machine when work waits for their
+    resources, and removed after `idle_timeout_minutes` idle. Like `ray.cluster_utils.AutoscalingCluster`,
+    whose template file the wheel lacks and whose start and stop run `ray stop --force` (every Ray on the
+    machine); here every process stays in this cluster's sessions or under its temporary directory."""
+
+    def __init__(self, head_cpus: float, worker_types: dict[str, dict], idle_timeout_minutes: float = 0.25,
+                 object_store_mb: int = 512, env: dict | None = None):
+        super().__init__(cpus_per_node=head_cpus, object_store_mb=object_store_mb,
+                         env={**(env or {}), "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"})
+        types = {"ray.head.default": {"resources": {"CPU": head_cpus}, "node_config": {}, "max_workers": 0}}
+        for name, t in worker_types.items():
+            types[name] = {"node_config": {}, "min_workers": 0, **t,
+                           "resources": {"object_store_memory": object_store_mb * 2**20, **t["resources"]}}
+        self.config = {
+            "cluster_name": "adamllm-fake", "max_workers": sum(t.get("max_workers", 0) for t in types.values()),
+            "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                         "disable_launch_config_check": True, "gcs_address": f"127.0.0.1:{self.gcs_port}"},
+            "available_node_types": types, "head_node_type": "ray.head.default", "auth": {},
+            "upscaling_speed": 1.0, "idle_timeout_minutes": idle_timeout_minutes, "docker": {},
+            **{k: [] for k in ("initialization_commands", "setup_commands", "head_setup_commands",
+                               "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands",
+                               "cluster_synced_files", "rsync_exclude", "rsync_filter")},
+            "file_mounts": {}, "file_mounts_sync_continuously": False,
+        }
+        self.config_file = Path(self.temp_root, "autoscaling.json")
+        self.config_file.write_text(json.dumps(self.config))
+        self.head_args = [f"--autoscaling-config={self.config_file}"]
+
+    def worker_nodes(self) -> list:
+        """The alive nodes the autoscaler launched (the head excluded)."""
+        return [n for n in self.alive_nodes() if "head_node" not in n.resources_total]
+
+    def stop(self) -> None:
+        """Every process of this cluster: the head's session (the autoscaler first, so it launches no more),
+        then any fake node process left, found by this cluster's temporary directory in its command line."""
+        import psutil
+
+        for name in reversed(list(self.nodes)):
+            self.lose_node(name)
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                if any(self.temp_root in part for part in (p.info["cmdline"] or [])):
+                    p.kill()
+            except psutil.Error:
+                pass
+        shutil.rmtree(self.temp_root, ignore_errors=True)

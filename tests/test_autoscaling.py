@@ -146,3 +146,68 @@ def test_synthesis_run_records_a_timeline_that_covers_it(tmp_path, ray_local, ti
     assert max(engines) >= 1 and max(engines) <= 2, engines
     assert all(s["nodes"] == 1 for s in samples)
     assert (tmp_path / "out" / "scaling.png").read_bytes().startswith(b"\x89PNG")
+
+
+# ---------------------------------------------------------------- a cluster that follows the pools
+
+
+def test_autoscaler_launches_engine_nodes_for_a_synthesis_job_and_removes_them_when_idle(tmp_path, tiny_qwen2_vl):
+    """HEAVY (a Ray cluster with Ray's fake multi-node autoscaler, vLLM). The head has 1 CPU and an engine
+    asks for 2: no engine fits the head, so the job's rows wait until the autoscaler launches a worker node
+    of the one type with room (2 CPUs); every row comes out once; after the idle timeout the worker nodes
+    are gone. The driver is `adamllm synthesize` in its own process, attached to the cluster."""
+    import os
+    import subprocess
+
+    import yaml
+
+    from adamllm_ray import sample_data
+    from adamllm_ray.local_cluster import BIN, AutoscalingLocalCluster, cluster_env
+    from conftest import ROOT
+
+    rows = sample_data.make_pairs(12, seed=7)
+    sample_data.write_parquet(rows, tmp_path / "in", shards=3)
+    config = {
+        "ray": {"address": "auto", "progress_bars": False},
+        "source": {"format": "parquet", "path": str(tmp_path / "in")}, "output": str(tmp_path / "out"),
+        "family": "qwen2_vl",
+        "synthesizer": {"model": tiny_qwen2_vl, "dtype": "float32", "batch_size": 4, "max_model_len": 1024,
+                        "concurrency": [1, 2], "cpus_per_engine": 2, "sampling": {"max_tokens": 16}}}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
+    idle_s = 15
+    with AutoscalingLocalCluster(head_cpus=1, idle_timeout_minutes=idle_s / 60,
+                                 worker_types={"engine_node": {"resources": {"CPU": 2}, "max_workers": 2}}) as cluster:
+        assert cluster.worker_nodes() == []
+        env = cluster_env({"RAY_ADDRESS": f"127.0.0.1:{cluster.gcs_port}"})
+        with open(tmp_path / "job.log", "w") as log:
+            proc = subprocess.Popen([str(BIN / "adamllm"), "synthesize", "--config", str(tmp_path / "job.yaml")],
+                                    stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
+            try:
+                code = proc.wait(timeout=600)
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, 9)
+        assert code == 0, (tmp_path / "job.log").read_text()[-4000:]
+        ended = time.monotonic()
+        deadline = ended + idle_s + 120
+        while cluster.worker_nodes() and time.monotonic() < deadline:
+            time.sleep(2)
+        removed_after = time.monotonic() - ended
+        assert cluster.worker_nodes() == [], f"worker nodes still alive {removed_after:.0f} s after the job"
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert all(summary["checks"].values()) and summary["counts"]["read"] == len(rows)
+    train = json.loads((tmp_path / "out" / "train.json").read_text())
+    import pyarrow.parquet as pq
+
+    errors = pq.read_table(tmp_path / "out" / "errors" / "errors.parquet").to_pylist()
+    assert sorted([e["id"] for e in train] + [e["id"] for e in errors]) == sorted(r["id"] for r in rows)
+    samples = summary["scaling"]["samples"]
+    nodes = [s["nodes"] for s in samples]
+    engines = [sum(s["engines"].values()) for s in samples]
+    assert nodes[0] == 1, "the run started on the head alone"
+    assert max(nodes) >= 2, f"no worker node joined while rows waited: {nodes}"
+    assert max(engines) <= 2 and max(engines) >= 1, engines
+    grew = next(i for i, n in enumerate(nodes) if n >= 2)
+    assert all(e == 0 for e in engines[:grew]), "an engine ran before a node with room for it existed"
+    print(f"worker node up {samples[grew]['t']:.0f} s into the run; nodes {nodes}; engines {engines}; "
+          f"worker nodes removed {removed_after:.0f} s after the job (idle timeout {idle_s} s)")
