@@ -94,9 +94,29 @@ def test_pipeline_s3_in_and_out(tmp_path, s3_prefix, ray_local, tiny_qwen2_vl):
     assert storage.exists(f"{s3_prefix}/out/{train[0]['images'][0]}")
 
 
+def _marked(marker: str) -> dict[int, str]:
+    """Processes (pid -> command line) whose environment carries `marker`: everything the job
+    started, however it was detached (Ray workers, vLLM engine processes), inherits it."""
+    found = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit() and int(d) != os.getpid():
+            try:
+                with open(f"/proc/{d}/environ", "rb") as f:
+                    if marker.encode() not in f.read():
+                        continue
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    found[int(d)] = f.read().replace(b"\0", b" ").decode(errors="replace")[:120]
+            except OSError:
+                continue
+    return found
+
+
 def _kill_when(cmd, env, ready, timeout=300):
-    """Start the job in its own process group, SIGKILL the group once `ready()` holds."""
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    """Start the job in its own process group, SIGKILL the group once `ready()` holds; then every
+    process the job started (engines included) must be gone once Ray's own cleanup has run."""
+    marker = f"ADAMLLM_KILL_TEST_{time.time_ns()}"
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**env, marker: "1"})
     deadline = time.time() + timeout
     try:
         while time.time() < deadline and proc.poll() is None and not ready():
@@ -105,6 +125,16 @@ def _kill_when(cmd, env, ready, timeout=300):
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started: one process group
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run must be interrupted, not finish"
+    deadline = time.time() + 60
+    while _marked(marker) and time.time() < deadline:
+        time.sleep(1)
+    left = _marked(marker)
+    for pid in left:  # processes this test started: end them so the next step starts clean
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not left, f"processes left 60 s after the kill: {left}"
 
 
 def test_resume_after_three_hard_kills_equals_an_uninterrupted_run(tmp_path, tiny_qwen2_vl):
