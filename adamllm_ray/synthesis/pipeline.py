@@ -166,13 +166,21 @@ def dataset_info() -> dict:
 
 
 def _task_batches(out: str):
+    """Task rows as dicts, the long columns (raw output, parsed pairs) reduced in Arrow to what the
+    summary needs: whether there was an output, how many pairs."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     for f in task_files(out):
         fs, path = storage.filesystem(f)
         with fs.open_input_file(path) as fh:
-            for b in pq.ParquetFile(fh).iter_batches(batch_size=1024):
-                yield from b.to_pylist()
+            for b in pq.ParquetFile(fh).iter_batches(batch_size=4096):
+                synthesized = pc.is_valid(b.column(records.RAW_OUTPUT)).to_pylist()
+                pairs = pc.fill_null(pc.list_value_length(b.column(records.QA_PAIRS)), 0).to_pylist()
+                rest = b.drop_columns([records.RAW_OUTPUT, records.QA_PAIRS]).to_pylist()
+                for r, done, n in zip(rest, synthesized, pairs):
+                    r["synthesized"], r["n_pairs"] = done, n
+                    yield r
 
 
 def _id_check(expected: Any, seen: Counter) -> tuple[list[str], list[str]]:
@@ -214,9 +222,9 @@ def finalize(cfg: SynthesisConfig, wall_s: float, resumed: set[str], scan: sourc
             if r[ID] not in resumed:
                 c["this_run"] += 1
                 c["this_run_tokens"] += r["output_tokens"] or 0
-            c["synthesized"] += r["raw_output"] is not None
-            c["pairs_parsed"] += len(r[records.QA_PAIRS] or [])
-            c["rows_with_pairs"] += bool(r[records.QA_PAIRS])
+            c["synthesized"] += r["synthesized"]
+            c["pairs_parsed"] += r["n_pairs"]
+            c["rows_with_pairs"] += r["n_pairs"] > 0
             c["triplets"] += r[records.TRIPLET] is not None
             if r[records.TRIPLET] is not None and cfg.judge is not None and not r[ERROR]:
                 verdicts[r[records.VERDICT] or "unparsed"] += 1
