@@ -177,12 +177,26 @@ def build_llava_next_llama3(out: Path, seed: int) -> None:
     model = LlavaNextForConditionalGeneration(config).to(torch.float32)
     _save_generation(model, ids)
     model.save_pretrained(out)
+    _released_vision_tower_names(out)
     image_processor = LlavaNextImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
                                               image_grid_pinpoints=pinpoints)
     LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
                        vision_feature_select_strategy="default", image_token="<|reserved_special_token_4|>",
                        num_additional_image_tokens=1,  # the CLIP tower's CLS token
                        chat_template=get_family("llava_next_llama3").chat_template).save_pretrained(out)
+
+
+def _released_vision_tower_names(out: Path) -> None:
+    """transformers 5.23 saves the CLIP tower as `vision_tower.*`; released LLaVA-NeXT checkpoints (and
+    vLLM's loader) name it `vision_tower.vision_model.*`. transformers loads either."""
+    from safetensors.torch import load_file, save_file
+
+    path = out / "model.safetensors"
+    tensors = load_file(path)
+    prefix = "vision_tower."
+    renamed = {(prefix + "vision_model." + k[len(prefix):] if k.startswith(prefix) and
+                not k.startswith(prefix + "vision_model.") else k): v for k, v in tensors.items()}
+    save_file(renamed, path, metadata={"format": "pt"})
 
 
 def build_mllama(out: Path, seed: int) -> None:

@@ -111,18 +111,39 @@ def test_make_tiny_model_command_knows_every_family(tmp_path):
         cli.main(["make-tiny-model", "--family", "llava_next", "--out", str(tmp_path / "x")])
 
 
-def test_vllm_runs_tiny_llava_next_like_transformers(family_models):
+def _vllm_plugin_on_path(tmp_path, monkeypatch) -> None:
+    """The vLLM plugin entry point pyproject.toml declares, made visible to this process and the ones
+    vLLM starts (an install of the project registers the same one)."""
+    import importlib.metadata
+    import os
+    import tomllib
+
+    declared = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    plugins = declared["project"]["entry-points"]["vllm.general_plugins"]
+    assert plugins == {"adamllm_transformers_compat": "adamllm_ray.vllm_compat:register"}
+    if any(e.value == plugins["adamllm_transformers_compat"]
+           for e in importlib.metadata.entry_points(group="vllm.general_plugins")):
+        return
+    dist = tmp_path / "adamllm_plugin_check-0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: adamllm-plugin-check\nVersion: 0\n")
+    (dist / "entry_points.txt").write_text(
+        "[vllm.general_plugins]\n" + "".join(f"{k} = {v}\n" for k, v in plugins.items()))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_vllm_runs_tiny_llava_next_like_transformers(family_models, tmp_path, monkeypatch):
     """vLLM on CPU generates for the tiny LLaVA-NeXT-Llama3 in the evaluation format, token for token
-    as transformers does (float32, greedy). (vLLM 0.29 has no Llama-3.2-Vision: it was removed with
+    as transformers does (float32, greedy), with the project's vLLM plugin loaded. (vLLM 0.29 has no Llama-3.2-Vision: it was removed with
     the V0 engine, so the mllama tiny model runs in transformers only.)"""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from vllm import LLM, SamplingParams
 
-    from adamllm_ray import vllm_compat
     from adamllm_ray.families import get_family
 
-    vllm_compat.register()  # what the vLLM plugin entry point does in every vLLM process (pyproject.toml)
+    _vllm_plugin_on_path(tmp_path, monkeypatch)  # without it no LLaVA model loads (adamllm_ray/vllm_compat.py)
     path, fam = family_models["llava_next_llama3"], get_family("llava_next_llama3")
     prompt = fam.evaluation_prompt("What color is the circle?")
     imgs = [Image.new("RGB", (60, 40), (200, 30, 30)), Image.new("RGB", (30, 90), (20, 30, 230))]
