@@ -132,6 +132,7 @@ def test_filter_by_verdict_and_error_stage(server, runs, page):
     rows = task_rows(runs["synth"])
     page.goto(f"{server}/r/0/")
     assert page.locator("#funnel").count() == 1
+    page.wait_for_function("[...document.querySelectorAll('img.thumb')].every(i => i.complete && i.naturalWidth > 0)")
     assert page_info(page).startswith(f"page 1 of {-(-len(rows) // PAGE)} ({len(rows)} rows)")
 
     page.select_option("#f-verdict", "no")

@@ -52,7 +52,7 @@ SYNTHESIS = """{% extends "base" %}{% from "pager" import pager %}{% block body 
 <table id="rows"><tr><th>image</th><th>id</th><th>caption</th><th>verdict</th><th>status</th><th>branch</th><th>error</th></tr>
 {% for r in rows %}<tr class="row" data-id="{{ r.id }}" data-verdict="{{ r.verdict or 'none' }}" data-status="{{ r.status }}"
  data-stage="{{ r.stage or '' }}" data-triplet="{{ 'yes' if r.has_triplet else 'no' }}">
-<td>{% if r.status != "error" or r.stage != "read" %}<img src="/r/{{ run_no }}/thumb/{{ r.id | urlencode }}" alt="" loading="lazy">{% endif %}</td>
+<td>{% if r.status != "error" or r.stage != "read" %}<img src="/r/{{ run_no }}/thumb/{{ r.id | urlencode }}" alt="" class="thumb">{% endif %}</td>
 <td><a class="open" href="/r/{{ run_no }}/row/{{ r.id | urlencode }}">{{ r.id }}</a></td><td class="caption">{{ r.caption }}</td>
 <td class="verdict">{{ r.verdict or "" }}</td><td>{{ r.status }}</td><td>{{ r.branch or "" }}</td>
 <td class="error">{% if r.error %}{{ r.error.stage }}: {{ r.error.message }}{% endif %}</td></tr>{% endfor %}</table>
