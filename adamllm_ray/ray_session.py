@@ -18,6 +18,8 @@ def ray_session(cfg: RayConfig):
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS") or cfg.address
         if address == "local":
+            # Ray Train's print patch logs each print of a worker and also prints it: every line twice.
+            os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
             ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False)
         else:
             ray.init(address=address)

@@ -36,3 +36,9 @@ def test_an_engine_lost_outside_a_shutdown_is_printed():
     assert benign(ENGINE_LOST, shutting_down=False) == [False] * len(ENGINE_LOST)
     mixed = REAL_ERROR + TRACKER_BLOCK
     assert benign(mixed, shutting_down=False) == [False] * len(REAL_ERROR) + [True] * len(TRACKER_BLOCK)
+
+
+def test_a_line_repeated_by_the_same_process_is_printed_once():
+    step = "step 1/150 loss 7.2772 lr 0.000667 2917 tokens 0.644s"
+    assert benign([step, step, "step 2/150"], shutting_down=False) == [False, True, False]
+    assert benign([step], shutting_down=False, previous=step) == [True]

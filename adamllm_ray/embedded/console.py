@@ -13,6 +13,11 @@ import re
 # core it lost while shutting down as an error.
 _TRACKER = re.compile(r"multiprocessing/resource_tracker\.py|cache\[rtype\]\.remove\(name\)|^KeyError: '/(mp-|psm_)"
                       r"|resource_tracker: process died unexpectedly|warnings\.warn\('resource_tracker")
+# Ray Train's placement-group cleaner (a safety net for a run whose controller dies) polls the state
+# API, which a local Ray without a dashboard never offers: a warning every few seconds, and with a
+# second Ray on the machine a traceback when its address lookup finds both. Its output is left out.
+_QUIET_ACTORS = {"PlacementGroupCleaner"}
+_SHUTDOWN_STARTS = re.compile(r"Shutting down vLLM engine|\[shutdown\] MPClient")
 _SHUTDOWN = re.compile(r"\[async_llm\.py:\d+\]|EngineDeadError|\[shutdown\]|engine core exited unexpectedly"
                        r"|Parent process exited, terminating worker queues")
 
@@ -24,14 +29,16 @@ def quiet() -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # engine INFO lines: one screen per engine start
 
 
-def benign(lines: list[str], shutting_down: bool) -> list[bool]:
-    """For each worker log line, whether it is shutdown noise (see above)."""
+def benign(lines: list[str], shutting_down: bool, previous: str | None = None) -> list[bool]:
+    """For each worker log line, whether it is noise (see above), or the same line the process
+    printed just before."""
     drop = []
     for i, line in enumerate(lines):
         nxt = lines[i + 1] if i + 1 < len(lines) else ""
         tracker = bool(_TRACKER.search(line)) or (line.strip() == "Traceback (most recent call last):"
                                                   and bool(_TRACKER.search(nxt)))
-        drop.append(tracker or (shutting_down and bool(_SHUTDOWN.search(line))))
+        repeat = line == (lines[i - 1] if i else previous)
+        drop.append(tracker or repeat or (shutting_down and bool(_SHUTDOWN.search(line))))
     return drop
 
 
@@ -46,12 +53,17 @@ def filter_worker_logs() -> None:
         return
     printer = handlers["ray_print_logs"]
     shutting_down: set = set()
+    last_line: dict = {}
 
     def print_filtered(data: dict) -> None:
-        lines = data.get("lines") or []
-        if any("Shutting down vLLM engine" in line for line in lines):
-            shutting_down.add(data.get("pid"))
-        drop = benign(lines, data.get("pid") in shutting_down)
+        lines, pid = data.get("lines") or [], data.get("pid")
+        if data.get("actor_name") in _QUIET_ACTORS:
+            return
+        if any(_SHUTDOWN_STARTS.search(line) for line in lines):
+            shutting_down.add(pid)
+        drop = benign(lines, pid in shutting_down, last_line.get(pid))
+        if lines:
+            last_line[pid] = lines[-1]
         kept = [line for line, d in zip(lines, drop) if not d]
         if kept:
             printer({**data, "lines": kept})
@@ -60,8 +72,14 @@ def filter_worker_logs() -> None:
     dispatcher.add_handler("ray_print_logs", print_filtered)
 
 
+def shown(path: str) -> str:
+    """A path as the user typed the command: relative to the current directory when inside it."""
+    rel = os.path.relpath(os.path.abspath(path))
+    return path if rel.startswith("..") else rel
+
+
 def made_table(rows: list[tuple[str, str]]) -> str:
     width = max(len(what) for what, _ in rows)
     lines = ["", "what was made".ljust(width) + "  where", "-" * width + "  " + "-" * 5]
-    lines += [f"{what.ljust(width)}  {where}" for what, where in rows]
+    lines += [f"{what.ljust(width)}  {shown(where)}" for what, where in rows]
     return "\n".join(lines)

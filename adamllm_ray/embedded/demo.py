@@ -115,7 +115,7 @@ def query_service(out: Path, synthesizer: str, judge: str) -> dict:
 
 
 def _losses(r: dict) -> str:
-    return f"loss {r['first_loss']:.2f} -> {r['final_loss']:.2f}, model in {r['model']}"
+    return f"loss {r['first_loss']:.2f} -> {r['final_loss']:.2f}, model in {console.shown(r['model'])}"
 
 
 def _synthesis_figures(r: dict) -> str:
