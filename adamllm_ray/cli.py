@@ -242,20 +242,36 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (func, help_text, configure) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--debug", action="store_true", help="show the traceback of an error")
         configure(p)
         p.set_defaults(func=func)
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A user error (config, input file, model path, storage) is one line and exit
+    code 2; anything else one line and exit code 1; the traceback only with --debug."""
     args = parser().parse_args(argv)
     from adamllm_ray.config import ConfigError
 
     try:
         rc = args.func(args)
     except ConfigError as err:
+        if args.debug:
+            raise
         print(f"adamllm {args.command}: config error:\n{err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"adamllm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the one place errors become messages
+        if args.debug:
+            raise
+        user = isinstance(err, (OSError, ValueError))
+        print(f"adamllm {args.command}: {'error' if user else 'unexpected error'}: "
+              f"{type(err).__name__}: {' '.join(str(err).split()) or '(no message)'} (--debug shows the traceback)",
+              file=sys.stderr)
+        return 2 if user else 1
     return int(rc or 0)
 
 

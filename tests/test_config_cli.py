@@ -101,3 +101,24 @@ def test_unknown_placement_strategy_is_named():
 
     with pytest.raises(ConfigError, match="scaling.placement_strategy"):
         load_config(TrainConfig, ROOT / "jobs" / "train" / "tiny_cpu.yaml", ["scaling.placement_strategy=SPREAD_OUT"])
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["synthesize", "--config", "missing.yaml"], "config file not found: missing.yaml"),
+    (["score", "--task", "slake", "--predictions", "missing.jsonl"], "missing.jsonl"),
+    (["make-tiny-model", "--family", "text", "--out", "/proc/not-writable/m"], "No such file or directory"),
+    (["train", "--config", "job.yaml"], "missing key 'model'"),
+])
+def test_user_errors_are_one_message_and_exit_2(tmp_path, argv, says):
+    (tmp_path / "job.yaml").write_text("output: out\n")
+    r = subprocess.run([sys.executable, "-m", "adamllm_ray.cli", *argv], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert says in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"adamllm {argv[0]}:")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "adamllm_ray.cli", "make-tiny-model", "--family", "text", "--out",
+                        "/proc/not-writable/m", "--debug"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "Traceback" in r.stderr
