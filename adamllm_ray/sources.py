@@ -545,7 +545,7 @@ def read_rows(cfg: SourceConfig, index, gate: Gate, rules: CaptionRules | None =
     ds = index.repartition(target_num_rows_per_block=cfg.rows_per_block) if cfg.format == "sharegpt" else index
     ds = ds.map_batches(_ReadStage, fn_constructor_args=(cfg, [ray.put(gate)], rules), batch_format="pyarrow",
                         batch_size=None if cfg.format != "sharegpt" else cfg.rows_per_block,
-                        num_cpus=LIGHT_TASK_CPUS, concurrency=concurrency)
+                        num_cpus=LIGHT_TASK_CPUS, compute=ray.data.ActorPoolStrategy(size=concurrency))
     return ds.repartition(target_num_rows_per_block=cfg.rows_per_block)
 
 
