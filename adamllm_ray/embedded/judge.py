@@ -2,10 +2,10 @@
 
 A random-weight judge writes noise, and then no triplet is kept. Here it learns the judge's task
 from generated examples whose verdict is known by construction (SPEC §2): the precise answer taken
-from the informative one -> Yes; taken from another scene where it differs -> No; a description
+from the informative one -> Yes; the precise answer of another question -> No; a description
 question -> Open. Every example is the real judge prompt (the pipeline's template and
 `judge_prompt`), trained with the loss on the verdict only; its outputs are read back with the
-pipeline's own `parse_verdict`/`judge_keeps`.
+pipeline's own `parse_verdict`.
 """
 
 from __future__ import annotations
