@@ -1,7 +1,7 @@
 """A run's scaling timeline: how many nodes and vLLM engines were alive when, sampled from Ray's own state.
 
 A daemon thread on the driver asks the GCS every few seconds for the nodes alive and this job's alive
-actors. Ray Data runs each vLLM engine pool as actors of class `MapWorker(<operator name>)` whose operator
+(and not yet alive) actors. Ray Data runs each vLLM engine pool as actors of class `MapWorker(<operator name>)` whose operator
 maps `vLLMEngineStageUDF`; those are counted per class name (two pools of the same operator name count
 together). One sample is two GCS calls, never per row; a long run keeps at most `max_samples` samples by
 dropping every other one and sampling half as often.
@@ -32,22 +32,24 @@ def engine_pools(class_names: list[str]) -> dict[str, int]:
     return dict(sorted(pools.items()))
 
 
-def ray_state() -> tuple[int, list[str]]:
-    """(nodes alive, class names of this job's alive actors), straight from the GCS (no dashboard needed)."""
+def ray_state() -> tuple[int, list[str], list[str]]:
+    """(nodes alive, class names of this job's alive actors, of its actors waiting to be created: for an
+    engine, waiting for a node with room or loading its model), straight from the GCS (no dashboard needed)."""
     import ray
     from ray._private import state
 
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     job = ray.JobID.from_hex(ray.get_runtime_context().get_job_id())
-    actors = state.actors(job_id=job, actor_state_name="ALIVE")
-    return nodes, [a["ActorClassName"] for a in actors.values()]
+    names = [[a["ActorClassName"] for a in state.actors(job_id=job, actor_state_name=s).values()]
+             for s in ("ALIVE", "PENDING_CREATION")]
+    return nodes, names[0], names[1]
 
 
 class ScalingSampler:
     """Samples `probe()` (default: Ray's state) on a daemon thread from `start()` to `stop()`."""
 
     def __init__(self, every_s: float = 2.0, max_samples: int = 240,
-                 probe: Callable[[], tuple[int, list[str]]] = ray_state):
+                 probe: Callable[[], tuple] = ray_state):
         self.every_s, self.max_samples, self.probe = every_s, max(4, max_samples), probe
         self.samples: list[dict[str, Any]] = []
         self.error: str | None = None
@@ -65,14 +67,15 @@ class ScalingSampler:
 
     def sample(self) -> None:
         try:
-            nodes, names = self.probe()
+            nodes, names, *starting = self.probe()
         except Exception as err:  # Ray going away under us ends the timeline, never the run
             self.error = self.error or f"{type(err).__name__}: {err}"[:300]
             self._stop.set()
             return
         with self._lock:
             self.samples.append({"t": round(time.monotonic() - self._t0, 2), "nodes": nodes,
-                                 "engines": engine_pools(names)})
+                                 "engines": engine_pools(names),
+                                 "engines_starting": engine_pools(starting[0] if starting else [])})
             if len(self.samples) > self.max_samples:
                 self.samples = self.samples[::2]
                 self.every_s *= 2
@@ -93,7 +96,7 @@ class ScalingSampler:
     def timeline(self) -> dict[str, Any]:
         with self._lock:
             samples = list(self.samples)
-        pools = sorted({p for s in samples for p in s["engines"]})
+        pools = sorted({p for s in samples for p in (*s["engines"], *s.get("engines_starting", {}))})
         out = {"every_s": self.every_s, "samples": samples,
                "max_nodes": max((s["nodes"] for s in samples), default=0),
                "max_engines": {p: max(s["engines"].get(p, 0) for s in samples) for p in pools}}
@@ -119,11 +122,13 @@ def chart_png(timeline: dict[str, Any], title: str = "scaling") -> bytes:
     ax = fig.add_subplot()
     ax.step(t, [s["nodes"] for s in samples], where="post", label="nodes alive", color="0.5", linestyle="--")
     for pool in timeline.get("max_engines", {}):
-        ax.step(t, [s["engines"].get(pool, 0) for s in samples], where="post", label=f"engines: {pool}")
+        line, = ax.step(t, [s["engines"].get(pool, 0) for s in samples], where="post", label=f"engines: {pool}")
+        ax.step(t, [s.get("engines_starting", {}).get(pool, 0) for s in samples], where="post", linestyle=":",
+                color=line.get_color(), label=f"starting: {pool}")
     ax.set_xlabel("seconds since start")
     ax.set_ylabel("alive")
     ax.yaxis.get_major_locator().set_params(integer=True)
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, max([s["nodes"] for s in samples] + list(timeline.get("max_engines", {}).values()) + [1]) * 1.6)
     ax.set_title(title)
     ax.legend(loc="upper right", fontsize=7)
     fig.tight_layout()

@@ -36,6 +36,7 @@ def test_sampler_covers_the_run_from_start_to_stop():
     sampler = scaling.ScalingSampler(every_s=0.05, probe=fake_cluster()).start()
     time.sleep(0.5)
     tl = sampler.stop()
+    assert all(s["engines_starting"] == {} for s in tl["samples"])
     ts = [s["t"] for s in tl["samples"]]
     assert ts[0] == 0 and ts == sorted(ts) and ts[-1] >= 0.45
     engines = [s["engines"].get("MapBatches(vLLMEngineStageUDF)", 0) for s in tl["samples"]]
@@ -205,9 +206,12 @@ def test_autoscaler_launches_engine_nodes_for_a_synthesis_job_and_removes_them_w
     nodes = [s["nodes"] for s in samples]
     engines = [sum(s["engines"].values()) for s in samples]
     assert nodes[0] == 1, "the run started on the head alone"
+    grew = next((i for i, n in enumerate(nodes) if n >= 2), None)
+    assert grew is not None, f"no worker node joined while rows waited: {nodes}"
+    starting = [sum(s["engines_starting"].values()) for s in samples]
+    assert any(starting[:grew]), f"no engine waited for a node before one came: {starting}"
     assert max(nodes) >= 2, f"no worker node joined while rows waited: {nodes}"
     assert max(engines) <= 2 and max(engines) >= 1, engines
-    grew = next(i for i, n in enumerate(nodes) if n >= 2)
     assert all(e == 0 for e in engines[:grew]), "an engine ran before a node with room for it existed"
-    print(f"worker node up {samples[grew]['t']:.0f} s into the run; nodes {nodes}; engines {engines}; "
+    print(f"worker node up {samples[grew]['t']:.0f} s into the run; nodes {nodes}; engines {engines}; starting {starting}; "
           f"worker nodes removed {removed_after:.0f} s after the job (idle timeout {idle_s} s)")
