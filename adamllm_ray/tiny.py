@@ -3,9 +3,10 @@ trained here on the project's own vocabulary, and the processor files vLLM and t
 one per model family (the chat template comes from the family module) plus a text model for the
 judge. Deterministic for a given seed; built in seconds. Used by the tests and the demo.
 
-vLLM (0.29) runs qwen2_vl, llava_next_llama3 and text; it removed Llama-3.2-Vision (mllama: an
-encoder-decoder model, dropped with vLLM's V0 engine in 0.10.2), so the mllama tiny model loads
-and trains in transformers only."""
+vLLM (0.29) runs qwen2_vl, text and llava_next_llama3 (the latter only with the project's vLLM
+plugin, vllm_compat.py, installed); it removed Llama-3.2-Vision (mllama: an encoder-decoder model,
+dropped with vLLM's V0 engine in 0.10.2), so the mllama tiny model loads and trains in transformers
+only."""
 
 from __future__ import annotations
 
