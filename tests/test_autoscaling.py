@@ -125,7 +125,7 @@ def test_training_waits_a_bounded_time_and_names_the_missing_resource(ray_local)
 
 def test_synthesis_run_records_a_timeline_that_covers_it(tmp_path, ray_local, tiny_qwen2_vl):
     """HEAVY (Ray, vLLM). A pool of [1, 2] engines: the timeline starts with the run and ends with it, saw
-    an engine, and never more than the pool's max."""
+    an engine, and never more engines than the pool's max."""
     from adamllm_ray import sample_data
     from adamllm_ray.config import SynthesisConfig, validate
     from adamllm_ray.synthesis import pipeline
@@ -143,8 +143,10 @@ def test_synthesis_run_records_a_timeline_that_covers_it(tmp_path, ray_local, ti
     assert "error" not in tl, tl.get("error")
     assert samples[0]["t"] == 0 and samples[-1]["t"] >= summary["this_run"]["wall_s"] - 1.0
     assert all(b["t"] - a["t"] <= 3 * tl["every_s"] + 2 for a, b in zip(samples, samples[1:])), "a gap in the timeline"
-    engines = [sum(s["engines"].values()) for s in samples]
-    assert max(engines) >= 1 and max(engines) <= 2, engines
+    # an engine loads for most of a run this small and serves its rows between two samples: count it alive
+    # or starting; the pool never holds more than its max of both together
+    engines = [sum(s["engines"].values()) + sum(s["engines_starting"].values()) for s in samples]
+    assert 1 <= max(engines) <= 2, engines
     assert all(s["nodes"] == 1 for s in samples)
     assert (tmp_path / "out" / "scaling.png").read_bytes().startswith(b"\x89PNG")
 
@@ -211,7 +213,7 @@ def test_autoscaler_launches_engine_nodes_for_a_synthesis_job_and_removes_them_w
     starting = [sum(s["engines_starting"].values()) for s in samples]
     assert any(starting[:grew]), f"no engine waited for a node before one came: {starting}"
     assert max(nodes) >= 2, f"no worker node joined while rows waited: {nodes}"
-    assert max(engines) <= 2 and max(engines) >= 1, engines
+    assert 1 <= max(e + s for e, s in zip(engines, starting)) <= 2, (engines, starting)
     assert all(e == 0 for e in engines[:grew]), "an engine ran before a node with room for it existed"
     print(f"worker node up {samples[grew]['t']:.0f} s into the run; nodes {nodes}; engines {engines}; starting {starting}; "
           f"worker nodes removed {removed_after:.0f} s after the job (idle timeout {idle_s} s)")
