@@ -66,6 +66,7 @@ class ScalingSampler:
         return self
 
     def sample(self) -> None:
+        t = round(time.monotonic() - self._t0, 2)  # when the sample was asked for (a probe takes some ms)
         try:
             nodes, names, *starting = self.probe()
         except Exception as err:  # Ray going away under us ends the timeline, never the run
@@ -73,7 +74,7 @@ class ScalingSampler:
             self._stop.set()
             return
         with self._lock:
-            self.samples.append({"t": round(time.monotonic() - self._t0, 2), "nodes": nodes,
+            self.samples.append({"t": t, "nodes": nodes,
                                  "engines": engine_pools(names),
                                  "engines_starting": engine_pools(starting[0] if starting else [])})
             if len(self.samples) > self.max_samples:

@@ -32,8 +32,15 @@ def fake_cluster():
     return probe
 
 
+def slow(probe, s=0.03):
+    def slowed():
+        time.sleep(s)
+        return probe()
+    return slowed
+
+
 def test_sampler_covers_the_run_from_start_to_stop():
-    sampler = scaling.ScalingSampler(every_s=0.05, probe=fake_cluster()).start()
+    sampler = scaling.ScalingSampler(every_s=0.05, probe=slow(fake_cluster())).start()
     time.sleep(0.5)
     tl = sampler.stop()
     assert all(s["engines_starting"] == {} for s in tl["samples"])
