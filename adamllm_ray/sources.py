@@ -502,7 +502,11 @@ def read_index(cfg: SourceConfig, rules: CaptionRules | None = None):
 
     ds = ray.data.from_items([{"file": f, "file_index": i} for i, f in enumerate(files)],
                              override_num_blocks=max(1, min(len(files), 4096)))
-    ds = ds.map_batches(index_files, batch_format="pyarrow", batch_size=1, num_cpus=LIGHT_TASK_CPUS)
+    # at most one task per CPU: a light request lets every file start its own Python worker at once,
+    # and on a small node those start-ups cost more than the parsing
+    tasks = max(1, min(len(files), int(ray.cluster_resources().get("CPU", 1))))
+    ds = ds.map_batches(index_files, batch_format="pyarrow", batch_size=1, num_cpus=LIGHT_TASK_CPUS,
+                        compute=ray.data.TaskPoolStrategy(size=tasks))
     if cfg.limit is not None:
         ds = ds.limit(cfg.limit)
     return ds.materialize()
