@@ -21,13 +21,13 @@ def _job_with_prompts(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_make_tiny_model(a):
-    from adamllm_ray import tiny
+    from adamllm_ray.embedded import tiny
 
     print(tiny.build(a.family, a.out, seed=a.seed))
 
 
 def cmd_make_sample_data(a):
-    from adamllm_ray import sample_data
+    from adamllm_ray.embedded import sample_data
 
     print(sample_data.write_sample_data(a.out, n=a.n, seed=a.seed, broken=not a.no_broken))
 
@@ -69,7 +69,7 @@ def cmd_evaluate(a):
 
 
 def cmd_make_benchmark(a):
-    from adamllm_ray.evaluation.make_benchmark import write_benchmark
+    from adamllm_ray.embedded.make_benchmark import write_benchmark
 
     print(json.dumps(write_benchmark(a.out, n=a.n, seed=a.seed, broken=a.broken), indent=1))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from adamllm_ray.local_cluster import free_port
+from adamllm_ray.embedded.local_cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,14 +45,14 @@ def _vllm_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_qwen2_vl(cache_dir) -> str:
-    from adamllm_ray import tiny
+    from adamllm_ray.embedded import tiny
 
     return tiny.build("qwen2_vl", cache_dir / "tiny-qwen2-vl", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_text(cache_dir) -> str:
-    from adamllm_ray import tiny
+    from adamllm_ray.embedded import tiny
 
     return tiny.build("text", cache_dir / "tiny-text", seed=0)
 
@@ -60,7 +60,7 @@ def tiny_text(cache_dir) -> str:
 @pytest.fixture(scope="session")
 def sample(cache_dir) -> dict:
     """32 generated pairs in the three formats, 4 of them deliberately broken."""
-    from adamllm_ray import sample_data
+    from adamllm_ray.embedded import sample_data
 
     return sample_data.write_sample_data(str(cache_dir / "sample"), n=32, seed=0)
 

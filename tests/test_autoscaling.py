@@ -133,8 +133,8 @@ def test_training_waits_a_bounded_time_and_names_the_missing_resource(ray_local)
 def test_synthesis_run_records_a_timeline_that_covers_it(tmp_path, ray_local, tiny_qwen2_vl):
     """HEAVY (Ray, vLLM). A pool of [1, 2] engines: the timeline starts with the run and ends with it, saw
     an engine, and never more engines than the pool's max."""
-    from adamllm_ray import sample_data
     from adamllm_ray.config import SynthesisConfig, validate
+    from adamllm_ray.embedded import sample_data
     from adamllm_ray.synthesis import pipeline
 
     sample_data.write_parquet(sample_data.make_pairs(24, seed=5), tmp_path / "in", shards=4)
@@ -171,8 +171,8 @@ def test_autoscaler_launches_engine_nodes_for_a_synthesis_job_and_removes_them_w
 
     import yaml
 
-    from adamllm_ray import sample_data
-    from adamllm_ray.local_cluster import BIN, AutoscalingLocalCluster, cluster_env
+    from adamllm_ray.embedded import sample_data
+    from adamllm_ray.embedded.local_cluster import BIN, AutoscalingLocalCluster, cluster_env
     from conftest import ROOT
 
     rows = sample_data.make_pairs(12, seed=7)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from adamllm_ray.local_cluster import LocalCluster
+from adamllm_ray.embedded.local_cluster import LocalCluster
 from conftest import ROOT
 from test_synthesis_pipeline import check_complete, make_input, outputs
 

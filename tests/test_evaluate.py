@@ -16,9 +16,9 @@ import yaml
 
 from adamllm_ray import cli
 from adamllm_ray.config import ConfigError, EvalTaskConfig, EvaluateConfig, load_config, validate
+from adamllm_ray.embedded.make_benchmark import BROKEN_ROW, TASK_NAMES, write_benchmark
 from adamllm_ray.evaluation import report, run
 from adamllm_ray.evaluation.benchmark import BenchmarkError, iter_examples, plan_task
-from adamllm_ray.evaluation.make_benchmark import BROKEN_ROW, TASK_NAMES, write_benchmark
 from adamllm_ray.evaluation.prompts import evaluation_prompt, prompt_text
 from adamllm_ray.evaluation.score import score_file
 from adamllm_ray.evaluation.tasks import TASKS, RecordError

@@ -17,7 +17,7 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
-from adamllm_ray.inspect.sample_run import write_eval_run, write_run
+from adamllm_ray.embedded.sample_run import write_eval_run, write_run
 from conftest import free_port, wait_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -354,8 +354,8 @@ def test_a_real_synthesis_run(tmp_path, tmp_path_factory, ray_local, tiny_qwen2_
     import html
     import re
 
-    from adamllm_ray import sample_data
     from adamllm_ray.config import SynthesisConfig, validate
+    from adamllm_ray.embedded import sample_data
     from adamllm_ray.synthesis import pipeline
 
     sample_data.write_parquet(sample_data.make_pairs(12, seed=5, broken=True), tmp_path / "in", shards=2)

@@ -8,7 +8,7 @@ from adamllm_ray.synthesis import filter as judge_filter
 def test_generated_examples_have_the_verdict_their_construction_says():
     import random
 
-    from adamllm_ray import sample_data
+    from adamllm_ray.embedded import sample_data
 
     answers: dict[str, set] = {}  # what each kind of question is answered with, over many scenes
     rng = random.Random(0)

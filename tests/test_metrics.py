@@ -388,7 +388,7 @@ def test_build_prompt_text():
 
 
 def test_bench_score_runs_every_task():
-    from adamllm_ray.evaluation.bench import bench_score
+    from adamllm_ray.bench.score import bench_score
 
     result = bench_score(20)
     assert list(result["tasks"]) == list(TASKS)

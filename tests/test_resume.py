@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from adamllm_ray import sample_data, sources
+from adamllm_ray import sources
 from adamllm_ray.config import ConfigError, SynthesisConfig, validate
+from adamllm_ray.embedded import sample_data
 from adamllm_ray.synthesis import pipeline, resume
 from test_sources import entry, hostile_set
 from test_synthesis_pipeline import check_complete, engine, outputs

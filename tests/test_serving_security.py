@@ -22,7 +22,7 @@ import time
 import pytest
 
 from adamllm_ray.config import ServeConfig, load_config
-from adamllm_ray.local_cluster import BIN, LocalCluster, cluster_env, free_port
+from adamllm_ray.embedded.local_cluster import BIN, LocalCluster, cluster_env, free_port
 from adamllm_ray.serving.guard import NO_KEY_WARNING, ExposureError, check_exposure, check_json
 from adamllm_ray.serving.requests import RequestError
 from conftest import ROOT

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from adamllm_ray import images, sample_data
+from adamllm_ray import images
 from adamllm_ray.config import ImageLimits, SourceConfig
+from adamllm_ray.embedded import sample_data
 from adamllm_ray.sources import iter_rows, read_pairs
 from conftest import upload_tree
 

@@ -908,7 +908,7 @@ def test_failed_row_passes_through():
 
 
 def test_bench_rows_parse_like_real_output():
-    from adamllm_ray.synthesis.bench import sample_rows
+    from adamllm_ray.bench.method import sample_rows
 
     rows = sample_rows(200, "qwen2_vl", seed=1)
     parsed = [parse_output(r["raw_output"], QWEN) for r in rows]

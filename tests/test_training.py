@@ -18,10 +18,10 @@ from PIL import Image
 from adamllm_ray import storage
 from adamllm_ray.cli import main as cli_main
 from adamllm_ray.config import ConfigError, TrainConfig, TrainDataConfig, validate
+from adamllm_ray.embedded.training_set import write_training_set
 from adamllm_ray.families import HINTS, get_family
 from adamllm_ray.training import data
 from adamllm_ray.training.loop import TrainState, cosine_with_warmup, param_groups
-from adamllm_ray.training.sample import write_training_set
 
 QWEN = get_family("qwen2_vl")
 CAPTION = "A red circle on a white background. There is one shape in the picture."

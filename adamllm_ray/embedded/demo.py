@@ -27,9 +27,8 @@ from pathlib import Path
 
 import yaml
 
-from adamllm_ray import sample_data, tiny
 from adamllm_ray.config import RayConfig, validate
-from adamllm_ray.embedded import console
+from adamllm_ray.embedded import console, sample_data, tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = "demo-output"
@@ -65,8 +64,8 @@ class Steps:
 
 
 def build_inputs(out: Path, n: int) -> dict:
-    from adamllm_ray.evaluation.make_benchmark import write_benchmark
-    from adamllm_ray.training.sample import write_training_set
+    from adamllm_ray.embedded.make_benchmark import write_benchmark
+    from adamllm_ray.embedded.training_set import write_training_set
 
     models = out / "models"
     return {
@@ -94,7 +93,7 @@ def query_service(out: Path, synthesizer: str, judge: str) -> dict:
     import httpx
 
     from adamllm_ray.config import ServeConfig
-    from adamllm_ray.local_cluster import free_port
+    from adamllm_ray.embedded.local_cluster import free_port
     from adamllm_ray.serving import app
 
     cfg = job("serve/tiny_cpu.yaml", ServeConfig, out, **{"synthesizer.model": synthesizer, "synthesizer.tiny": None,

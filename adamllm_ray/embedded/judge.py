@@ -15,7 +15,7 @@ import random
 import time
 from pathlib import Path
 
-from adamllm_ray import sample_data
+from adamllm_ray.embedded import sample_data
 from adamllm_ray.synthesis import filter as judge_filter
 
 VERDICT_WORDS = {"yes": "Yes", "no": "No", "open": "Open"}

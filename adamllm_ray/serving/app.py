@@ -135,7 +135,7 @@ def ensure_tiny_models(cfg: ServeConfig) -> None:
     """Models marked `tiny:` are built at their path when missing (tests and the embedded default)."""
     for ep in cfg.endpoints().values():
         if ep.tiny and not os.path.exists(os.path.join(ep.model, "config.json")):
-            from adamllm_ray import tiny
+            from adamllm_ray.embedded import tiny
 
             tiny.build(ep.tiny, ep.model, seed=0)
 

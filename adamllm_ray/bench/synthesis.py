@@ -24,8 +24,9 @@ import threading
 import time
 from pathlib import Path
 
-from adamllm_ray import sample_data, sources, tiny
+from adamllm_ray import sources
 from adamllm_ray.config import SynthesisConfig, validate
+from adamllm_ray.embedded import sample_data, tiny
 
 TOKENS = 32
 
@@ -139,7 +140,7 @@ def run_bare(script: str, args: list[str], tmp: Path) -> float:
 def bench_synthesis(rows: int) -> dict:
     import ray
 
-    from adamllm_ray.synthesis.bench import bench_method
+    from adamllm_ray.bench.method import bench_method
 
     rows = max(rows, 100)
     with tempfile.TemporaryDirectory() as tmpdir:

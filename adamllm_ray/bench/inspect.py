@@ -65,8 +65,8 @@ def _rss_mb(pid: int) -> float:
 def measure(n: int, root: str) -> dict:
     import httpx
 
-    from adamllm_ray.inspect.sample_run import write_run
-    from adamllm_ray.local_cluster import free_port
+    from adamllm_ray.embedded.local_cluster import free_port
+    from adamllm_ray.embedded.sample_run import write_run
 
     run = os.path.join(root, f"run-{n}")
     t = time.perf_counter()

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from adamllm_ray.embedded.local_cluster import free_port
+
 CONCURRENCY = 16
 MIXED_REQUESTS = 200
 MIXED_CLIENTS = 32
@@ -74,7 +76,7 @@ def bench_serve(rows: int) -> dict:
     eval_body = {"task": "slake", "image": image_b64, "question": QUESTION, "max_tokens": 32}
 
     t_start = time.perf_counter()
-    url = app.start(cfg, port=_free_port())
+    url = app.start(cfg, port=free_port())
     startup_s = time.perf_counter() - t_start
     try:
         handle = serve.get_deployment_handle("RawPromptServer:synthesizer", app_name=app.APP_NAME)
@@ -228,11 +230,3 @@ async def _concurrent(url: str, image_b64: str, total: int) -> tuple[float, dict
         t0 = time.perf_counter()
         await asyncio.gather(*[client(http) for _ in range(CONCURRENCY)])
         return time.perf_counter() - t0, statuses
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -16,11 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from adamllm_ray import tiny
+from adamllm_ray.bench.synthesis import run_bare
 from adamllm_ray.config import EvaluateConfig, validate
+from adamllm_ray.embedded import tiny
+from adamllm_ray.embedded.make_benchmark import TASK_NAMES, write_benchmark
 from adamllm_ray.evaluation import benchmark, run
-from adamllm_ray.evaluation.make_benchmark import TASK_NAMES, write_benchmark
-from adamllm_ray.synthesis.bench_pipeline import run_bare
 
 TOKENS = 32
 READ_TARGET = 1000

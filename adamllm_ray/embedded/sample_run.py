@@ -9,7 +9,8 @@ import json
 import random
 from pathlib import Path
 
-from adamllm_ray import records, sample_data
+from adamllm_ray import records
+from adamllm_ray.embedded import sample_data
 from adamllm_ray.families import get_family
 from adamllm_ray.records import ERROR, ID, IMAGE_PATH, error
 from adamllm_ray.synthesis.stages import finish_row, parse_row
@@ -107,8 +108,8 @@ def write_eval_run(out: str | Path, bench_dir: str | Path, n: int = 12, models: 
     broken image per task): each model answers a seeded share of the examples right, and the
     evaluation's own writers (`write_pair`, `finalize`) write predictions, errors, metrics and report."""
     from adamllm_ray.config import EvaluateConfig, validate
+    from adamllm_ray.embedded.make_benchmark import write_benchmark
     from adamllm_ray.evaluation import benchmark, run
-    from adamllm_ray.evaluation.make_benchmark import write_benchmark
     from adamllm_ray.evaluation.tasks import TASKS
 
     write_benchmark(str(bench_dir), n=n, seed=seed, broken=True)

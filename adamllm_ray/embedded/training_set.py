@@ -7,7 +7,7 @@ import json
 import random
 from pathlib import Path
 
-from adamllm_ray import sample_data
+from adamllm_ray.embedded import sample_data
 from adamllm_ray.families import CAPTION_HINT, HINTS
 
 

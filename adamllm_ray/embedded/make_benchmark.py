@@ -13,8 +13,8 @@ import json
 import random
 from pathlib import Path
 
-from adamllm_ray import sample_data
-from adamllm_ray.sample_data import COLORS, SHAPES
+from adamllm_ray.embedded import sample_data
+from adamllm_ray.embedded.sample_data import COLORS, SHAPES
 
 TASK_NAMES = ("slake", "pathvqa", "vqa_rad", "pmc_vqa", "recipe1m", "nutrition5k", "food101", "foodseg103")
 BROKEN_ROW = 1  # with broken=True, this row of every task holds a truncated PNG

@@ -31,10 +31,10 @@ LLAMA3_SPECIAL = [
 
 def _corpus() -> list[str]:
     """Text the tokenizer is trained on: the sample-data vocabulary and the method's prompt words."""
-    from adamllm_ray import sample_data
+    from adamllm_ray.embedded import sample_data
 
     lines = list(sample_data.vocabulary_sentences())
-    prompts = Path(__file__).parent / "prompts"
+    prompts = Path(__file__).parents[1] / "prompts"
     for p in sorted(prompts.glob("*")) if prompts.exists() else []:
         lines.extend(p.read_text(errors="ignore").splitlines())
     lines += [

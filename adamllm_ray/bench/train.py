@@ -23,10 +23,10 @@ def _steady(history: list[dict]) -> dict:
 def bench_train(rows: int) -> dict:
     import ray
 
-    from adamllm_ray import tiny
     from adamllm_ray.config import TrainConfig
+    from adamllm_ray.embedded import tiny
+    from adamllm_ray.embedded.training_set import write_training_set
     from adamllm_ray.training import trainer
-    from adamllm_ray.training.sample import write_training_set
 
     rows = max(64, min(rows, 640))  # examples per run (one pass); 6 runs in all
     workers, global_batch = 2, 8

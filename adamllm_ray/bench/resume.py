@@ -11,8 +11,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from adamllm_ray import records, sample_data, tiny
+from adamllm_ray import records
 from adamllm_ray.config import SynthesisConfig, validate
+from adamllm_ray.embedded import sample_data, tiny
 
 DONE = 200_000
 TARGET = 1.3
