@@ -7,6 +7,7 @@ sits beside them so every key a user can write is defined in this one file.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -215,6 +216,16 @@ class ModelEndpointConfig(EngineConfig):
     max_ongoing_requests: int = 64
     tiny: Literal["qwen2_vl", "llava_next_llama3", "mllama", "text"] | None = None  # build this tiny model at `model` when it is missing
     family: Literal["qwen2_vl", "llava_next_llama3", "mllama"] | None = None  # the evaluator's chat format; default: `family`
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a host to bind is this machine only (anything else needs an API key)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class IngressConfig(Section):

@@ -120,25 +120,9 @@ def makedirs(uri: str) -> None:
 
 
 def write_bytes_atomic(uri: str, data: bytes) -> None:
-    """Readers see the old object or the whole new one, never a part: temp file + rename locally,
-    a single PUT on S3."""
-    uri = str(uri)
-    if is_s3(uri):  # an S3 object appears whole when its upload completes
-        fs, path = filesystem(uri)
-        with fs.open_output_stream(path) as f:
-            f.write(data)
-        return
-    path = os.path.abspath(uri)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Readers see the old object or the whole new one, never a part (see `open_atomic`)."""
+    with open_atomic(uri) as f:
+        f.write(data)
 
 
 def write_text_atomic(uri: str, text: str) -> None:

@@ -15,7 +15,6 @@ HTML page with a 4xx status and one sentence, never a traceback."""
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import math
 import os
 import sys
@@ -29,6 +28,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adamllm_ray import storage
+from adamllm_ray.config import is_loopback
 from adamllm_ray.inspect import templates
 from adamllm_ray.inspect.evaluation import EvaluationRun
 from adamllm_ray.inspect.runs import InspectError, image_type, inside, kind_of, thumbnail
@@ -266,13 +266,6 @@ def create_app(run_dirs: list[str], api_key: str | None = None) -> FastAPI:
     return app
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def main(run_dirs: list[str], host: str = "127.0.0.1", port: int = 8765, api_key_env: str = "ADAMLLM_API_KEY") -> int:
@@ -280,7 +273,7 @@ def main(run_dirs: list[str], host: str = "127.0.0.1", port: int = 8765, api_key
     import uvicorn
 
     key = os.environ.get(api_key_env) or None
-    if not _loopback(host) and not key:
+    if not is_loopback(host) and not key:
         print(f"adamllm inspect: --host {host} exposes the runs beyond this machine; set the API key in "
               f"${api_key_env} first (pages then need ?key=<key> once, or 'Authorization: Bearer <key>')",
               file=sys.stderr)

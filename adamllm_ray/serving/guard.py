@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -21,7 +20,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-from adamllm_ray.config import ConfigError
+from adamllm_ray.config import ConfigError, is_loopback
 from adamllm_ray.serving.requests import RequestError
 
 logger = logging.getLogger("ray.serve")
@@ -40,13 +39,6 @@ NO_KEY_WARNING = ("WARNING: adamllm serve: no API key is set, so anyone who can 
 # ---------------------------------------------------------------- who may reach the service
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def resolve_key(api_key: str | None, api_key_env: str | None) -> str | None:
