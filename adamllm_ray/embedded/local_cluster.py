@@ -85,8 +85,11 @@ class LocalCluster:
 
     def _start(self, name: str, head: bool) -> tuple[subprocess.Popen, Path]:
         self.started += 1
+        # Each node's agent gets its own HTTP port: at Ray's fixed default (52365) the agent of another Ray
+        # on the machine holds it, and then no job can be submitted ("No available agent to submit job").
         args = [f"--num-cpus={self.cpus}", f"--resources={json.dumps({name: 1})}", "--node-ip-address=127.0.0.1",
-                f"--temp-dir={self.temp_root}/{self.started}", f"--object-store-memory={self.object_store_mb * 2**20}"]
+                f"--temp-dir={self.temp_root}/{self.started}", f"--object-store-memory={self.object_store_mb * 2**20}",
+                f"--dashboard-agent-listen-port={free_port()}"]
         if head:
             args += ["--head", f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1",
                      f"--dashboard-port={self.dashboard_port}", "--include-dashboard=true", *self.head_args]
