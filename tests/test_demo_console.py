@@ -20,7 +20,7 @@ ENGINE_LOST = [
 ]
 REAL_ERROR = [
     "Traceback (most recent call last):",
-    '  File "/work/adamllm_ray/synthesis/stages.py", line 40, in __call__',
+    '  File "/srv/app/adamllm_ray/synthesis/stages.py", line 40, in __call__',
     "    raise ValueError('bad row')",
     "ValueError: bad row",
 ]
