@@ -29,7 +29,7 @@ from conftest import ROOT
 
 KEY = "security-test-key-42"
 KEY_ENV = "ADAMLLM_SECURITY_TEST_KEY"  # set only in the serving process, never on the cluster's nodes
-LEAKS = re.compile(r'Traceback|File "|/work/|/tmp/|\.py\b|\bpid\b|127\.0\.0\.1|site-packages')
+LEAKS = re.compile(r'Traceback|File "|' + re.escape(str(ROOT)) + r'|/tmp/|\.py\b|\bpid\b|127\.0\.0\.1|site-packages')
 
 
 def png(w: int = 64, h: int = 48, mode: str = "RGB") -> bytes:
