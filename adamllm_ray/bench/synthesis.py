@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 from adamllm_ray import sources
-from adamllm_ray.config import SynthesisConfig, validate
+from adamllm_ray.config import validate
+from adamllm_ray.synthesis.config import SynthesisConfig
 from adamllm_ray.embedded import sample_data, tiny
 
 TOKENS = 32
@@ -84,14 +85,37 @@ def job_peak(cfg: SynthesisConfig) -> int:
     return mem.peak
 
 
+def stage_cpu_ms_per_row(ds, rows: int) -> dict[str, float]:
+    """CPU milliseconds per input row of each operator of an executed dataset, from Ray Data's own
+    block stats (each task's process CPU time). An engine stage's figure is its actor's own Python
+    work: the vLLM engine core runs in a child process that these stats do not see."""
+    stats = ds._get_stats_summary()
+    out: dict[str, float] = {}
+
+    def walk(summary):
+        for parent in summary.parents:
+            walk(parent)
+        for op in summary.operators_stats:
+            if op.cpu_time is not None and rows:
+                out[op.operator_name] = round(out.get(op.operator_name, 0.0) + 1000 * op.cpu_time.sum / rows, 3)
+
+    walk(stats)
+    return out
+
+
+def side_cpu_ms_per_row(stages: dict[str, float]) -> float:
+    """All side stages together: every operator but the engine's own (`vLLMEngineStage...`)."""
+    return round(sum(v for k, v in stages.items() if "vLLMEngineStage" not in k), 3)
+
+
 def steady_rate(times: list[float]) -> float:
     """Rows/s from the first output row to the last."""
     return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
 
 
-def pipeline_rate(cfg: SynthesisConfig) -> tuple[float, float]:
-    """Steady rows/s of the synthesis stages (read, synthesize, parse, [judge,] compose) and wall
-    seconds of the whole run."""
+def pipeline_rate(cfg: SynthesisConfig) -> tuple[float, float, dict[str, float]]:
+    """Steady rows/s of the synthesis stages (read, synthesize, parse, [judge,] compose), wall
+    seconds of the whole run and CPU ms per row of each stage."""
     import ray
 
     from adamllm_ray.synthesis import pipeline
@@ -103,7 +127,7 @@ def pipeline_rate(cfg: SynthesisConfig) -> tuple[float, float]:
         now = time.perf_counter()
         times.extend([now] * batch.num_rows)
     assert ray.is_initialized()
-    return steady_rate(times), times[-1] - start
+    return steady_rate(times), times[-1] - start, stage_cpu_ms_per_row(ds, len(times))
 
 
 BARE = r'''
@@ -158,8 +182,8 @@ def bench_synthesis(rows: int) -> dict:
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
         try:
             ray.data.DataContext.get_current().enable_progress_bars = False
-            rate, wall = pipeline_rate(_config(tmp, str(tmp / "big"), judge=False))
-            _, judge_wall = pipeline_rate(_config(tmp, str(tmp / "big"), judge=True))
+            rate, wall, cpu = pipeline_rate(_config(tmp, str(tmp / "big"), judge=False))
+            _, judge_wall, judge_cpu = pipeline_rate(_config(tmp, str(tmp / "big"), judge=True))
         finally:
             ray.shutdown()
     method = bench_method(min(rows, 10000), repeats=3)
@@ -170,6 +194,8 @@ def bench_synthesis(rows: int) -> dict:
         "efficiency_pipeline_over_bare": round(rate / bare_rate, 3), "efficiency_target": 0.5,
         "job_wall_s_judge_off": round(wall, 1), "job_wall_s_judge_on": round(judge_wall, 1),
         "judge_cost_wall_on_over_off": round(judge_wall / wall, 3),
+        "stage_cpu_ms_per_row_judge_off": cpu, "side_stage_cpu_ms_per_row_judge_off": side_cpu_ms_per_row(cpu),
+        "stage_cpu_ms_per_row_judge_on": judge_cpu, "side_stage_cpu_ms_per_row_judge_on": side_cpu_ms_per_row(judge_cpu),
         "method_rows_per_s_one_core": {f: method[f]["parse_pair_compose_rows_per_s"] for f in method if f != "target_rows_per_s"},
         "method_target_rows_per_s": method["target_rows_per_s"],
         "peak_memory_gib_at_1x": round(small_peak / 2**30, 2), "peak_memory_gib_at_10x": round(peak / 2**30, 2),
