@@ -1,7 +1,8 @@
 """Images in chat messages: the service fetches nothing on a caller's behalf. A data URL is decoded and
 passes the project's image checks (size, pixel cap, aspect ratio, decompression bomb) off the event loop
 before any model sees it; an http(s) URL is refused unless its host is one the operator listed
-(ingress.image_url_domains), and then fetched with the same limits; file:// and every other scheme are
+(ingress.image_url_domains), and then fetched with the same limits, only from public addresses (or an
+IP address the operator listed), without following redirects; file:// and every other scheme are
 refused. Parts other than text and image_url are refused too (vLLM would load audio, video or
 embeddings from them)."""
 
@@ -10,9 +11,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import urllib.error
+import contextlib
+import http.client
+import ipaddress
+import socket
+import ssl
+import time
 import urllib.parse
-import urllib.request
 from typing import Any
 
 from adamllm_ray.config import ImageLimits
@@ -32,24 +37,94 @@ def host_allowed(host: str, domains: list[str]) -> bool:
     return any(host == d.lower() or host.endswith("." + d.lower().lstrip(".")) for d in domains)
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):
-        return None  # a redirect could lead anywhere: not followed
+def _listed_ips(domains: list[str]) -> set:
+    listed = set()
+    for d in domains:
+        with contextlib.suppress(ValueError):
+            listed.add(ipaddress.ip_address(d.strip("[]")))
+    return listed
 
 
-def fetch(url: str, max_bytes: int, field: str) -> bytes:
-    """An allowed remote image: no redirects, a time limit, at most max_bytes read. Its error says only
-    that the fetch failed, not how (a status or reason would map the remote side)."""
-    opener = urllib.request.build_opener(_NoRedirect)
+def _public(address) -> bool:
+    if address.version == 6 and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return address.is_global and not (address.is_multicast or address.is_reserved or address.is_link_local)
+
+
+def resolve(host: str, port: int, domains: list[str], field: str) -> str:
+    """The address to connect to: every address the host resolves to must be public, or an IP literal
+    the operator listed, so a name on an allowed domain cannot point the service at itself or its network
+    (loopback, private, link-local, multicast, reserved). The connection goes to the address checked here."""
     try:
-        with opener.open(urllib.request.Request(url, headers={"User-Agent": "adamllm-ray"}),
-                         timeout=FETCH_TIMEOUT_S) as r:
-            data = r.read(max_bytes + 1)
-    except (urllib.error.URLError, OSError, ValueError):
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
         raise RequestError(field, "the image could not be fetched from that URL") from None
-    if len(data) > max_bytes:
+    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    listed = _listed_ips(domains)
+    if not addresses or any(not _public(a) and a not in listed for a in addresses):
+        raise RequestError(field, "the host of that URL resolves to a loopback, private or otherwise non-public "
+                                  "address; the service fetches only from public addresses (or an IP address "
+                                  "listed in ingress.image_url_domains)")
+    return str(addresses[0])
+
+
+class _Pinned(http.client.HTTPConnection):
+    """Connects to the checked address, whatever the host name resolves to by now."""
+
+    def __init__(self, host, address, port, timeout):
+        super().__init__(host, port, timeout=timeout)
+        self.address = address
+
+    def connect(self):
+        self.sock = socket.create_connection((self.address, self.port), self.timeout)
+
+
+class _PinnedTLS(http.client.HTTPSConnection):
+    def __init__(self, host, address, port, timeout):
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self.address = address
+
+    def connect(self):
+        sock = socket.create_connection((self.address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+def fetch(url: str, domains: list[str], max_bytes: int, field: str) -> bytes:
+    """An allowed remote image: the host's addresses checked (`resolve`), no redirects (http.client
+    follows none: a 3xx is a failed fetch), FETCH_TIMEOUT_S in all, at most max_bytes read. Its error says
+    only that the fetch failed, not how (a status or reason would map the remote side)."""
+    parts = urllib.parse.urlsplit(url)
+    tls = parts.scheme.lower() == "https"
+    try:
+        port = parts.port or (443 if tls else 80)
+    except ValueError:
+        raise RequestError(field, "not a valid URL (bad port)") from None
+    address = resolve(parts.hostname or "", port, domains, field)
+    failed = RequestError(field, "the image could not be fetched from that URL")
+    deadline = time.monotonic() + FETCH_TIMEOUT_S
+    conn = (_PinnedTLS if tls else _Pinned)(parts.hostname, address, port, FETCH_TIMEOUT_S)
+    try:
+        conn.request("GET", urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, "")),
+                     headers={"User-Agent": "adamllm-ray", "Accept": "image/*"})
+        response = conn.getresponse()
+        if response.status != 200:
+            raise failed
+        chunks, size = [], 0
+        while size <= max_bytes:
+            if time.monotonic() > deadline:
+                raise failed
+            chunk = response.read(min(65536, max_bytes + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except (OSError, http.client.HTTPException, ValueError):
+        raise failed from None
+    finally:
+        conn.close()
+    if size > max_bytes:
         raise RequestError(field, f"the image at that URL is over {max_bytes:,} bytes", 413)
-    return data
+    return b"".join(chunks)
 
 
 def image_bytes(url: Any, field: str, domains: list[str], max_bytes: int) -> bytes:
@@ -72,7 +147,7 @@ def image_bytes(url: Any, field: str, domains: list[str], max_bytes: int) -> byt
             raise RequestError(field, "remote image URLs are not fetched by this service; send the image inline "
                                       "as a data URL (data:image/png;base64,...)"
                                + ("" if not domains else f", or use a host under {', '.join(domains)}"))
-        return fetch(url, max_bytes, field)
+        return fetch(url, domains, max_bytes, field)
     raise RequestError(field, f"{scheme or 'this'} URLs are not accepted; send the image inline as a data URL "
                               f"(data:image/png;base64,...)")
 
