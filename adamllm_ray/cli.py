@@ -33,7 +33,8 @@ def cmd_make_sample_data(a):
 
 
 def cmd_synthesize(a):
-    from adamllm_ray.config import SynthesisConfig, load_config
+    from adamllm_ray.config import load_config
+    from adamllm_ray.synthesis.config import SynthesisConfig
 
     cfg = load_config(SynthesisConfig, a.config, list(a.overrides) + (["restart=true"] if a.restart else []))
     if a.show_prompts is not None:
@@ -56,7 +57,8 @@ def _synthesize_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_evaluate(a):
-    from adamllm_ray.config import EvaluateConfig, load_config
+    from adamllm_ray.config import load_config
+    from adamllm_ray.evaluation.config import EvaluateConfig
 
     cfg = load_config(EvaluateConfig, a.config, a.overrides)
     if a.show_prompts is not None:
@@ -75,7 +77,8 @@ def cmd_make_benchmark(a):
 
 
 def cmd_train(a):
-    from adamllm_ray.config import TrainConfig, load_config
+    from adamllm_ray.config import load_config
+    from adamllm_ray.training.config import TrainConfig
 
     cfg = load_config(TrainConfig, a.config, a.overrides)
     from adamllm_ray.training import trainer
@@ -110,7 +113,8 @@ def cmd_submit(a):
 
 
 def cmd_serve(a):
-    from adamllm_ray.config import ServeConfig, load_config
+    from adamllm_ray.config import load_config
+    from adamllm_ray.serving.config import ServeConfig
 
     cfg = load_config(ServeConfig, a.config, a.overrides)
     from adamllm_ray.serving import app

@@ -1,15 +1,15 @@
 """Job configuration: pydantic models that reject unknown keys, one YAML file per job, and dotted
 overrides from the command line (`engine.concurrency=4`, `synthesizer.concurrency=[1,4]`).
 
-Sections shared by several jobs (storage, source, engine) live here; each job's top-level model
-sits beside them so every key a user can write is defined in this one file.
+The sections shared by several jobs (Ray, S3 storage, source, image limits, engine) and the loader
+live here; each job's top-level model lives in its stage package (synthesis/config.py,
+training/config.py, evaluation/config.py, serving/config.py), so this module imports no stage.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -188,36 +188,6 @@ class RayConfig(Section):
     progress_bars: bool = True
 
 
-# ---------------------------------------------------------------- job models
-
-
-class SynthesisConfig(Section):
-    ray: RayConfig = RayConfig()
-    s3: S3Config = S3Config()
-    source: SourceConfig
-    output: OutputPath  # folder, local or s3://
-    family: Literal["llava_next_llama3", "qwen2_vl", "mllama"] = "llava_next_llama3"
-    synthesizer: EngineConfig
-    judge: EngineConfig | None = None  # None: no filter, every triplet is kept
-    judge_prompt: InputPath | None = None  # path to another few-shot prompt file; default: the project's own
-    mode: Literal["single_stage", "synthetic_only", "caption_only"] = "single_stage"
-    resume: bool = True
-    restart: bool = False  # start over: delete this output's earlier results, even when the settings changed
-
-
-class ModelEndpointConfig(EngineConfig):
-    """One model behind the OpenAI-compatible routes (a `ray.serve.llm` deployment). `concurrency` is
-    the replica count, or [min_replicas, max_replicas] to autoscale on `target_ongoing_requests` per
-    replica; `batch_size` and `max_concurrent_batches` are batch-job settings and do not apply here."""
-
-    name: str | None = None  # the model id clients send; default: the section's name (synthesizer, judge, ...)
-    accelerator_type: str | None = None  # GPU only: a Ray accelerator type (A10G, L4, A100, ...) to place on
-    target_ongoing_requests: float = 16
-    max_ongoing_requests: int = 64
-    tiny: Literal["qwen2_vl", "llava_next_llama3", "mllama", "text"] | None = None  # build this tiny model at `model` when it is missing
-    family: Literal["qwen2_vl", "llava_next_llama3", "mllama"] | None = None  # the evaluator's chat format; default: `family`
-
-
 def is_loopback(host: str) -> bool:
     """Whether a host to bind is this machine only (anything else needs an API key)."""
     if host == "localhost":
@@ -227,222 +197,6 @@ def is_loopback(host: str) -> bool:
     except ValueError:
         return False
 
-
-class IngressConfig(Section):
-    """The task routes' deployment and its protection. Requests beyond `max_ongoing_requests` per
-    replica wait in a queue of `max_queued_requests`; beyond that they get 503 with Retry-After."""
-
-    host: str = "127.0.0.1"  # `adamllm serve` only; `serve deploy` takes http_options from its own file
-    port: int = 8000
-    api_key: str | None = None  # bearer token; prefer api_key_env so the key stays out of files
-    api_key_env: str | None = "ADAMLLM_API_KEY"  # environment variable holding the token, read when the app is built
-    cors_origins: list[str] = []  # browser origins allowed to call the service; none: no CORS headers at all
-    image_url_domains: list[str] = []  # hosts chat image_url may be fetched from; none: only data URLs
-    max_request_bytes: int = 16 * 2**20
-    body_timeout_s: float = Field(10.0, gt=0)  # a request body that sends nothing for this long gets 408
-    min_body_bytes_per_s: int = Field(16384, ge=1)  # and the whole body must arrive at least this fast
-    request_timeout_s: float = 300.0  # per model call; past it the request gets 504
-    replicas: int | tuple[int, int] = 1  # or [min, max] to autoscale on target_ongoing_requests
-    target_ongoing_requests: float = 8
-    max_ongoing_requests: int = 32
-    max_queued_requests: int = 64
-    retry_after_s: int = 1
-    num_cpus: float = 0.25
-
-    @field_validator("replicas")
-    @classmethod
-    def _replicas(cls, v):
-        return check_range("replicas", v)
-
-
-class ServeConfig(Section):
-    ray: RayConfig = RayConfig(num_cpus=4)  # local: Serve's ingress needs 4 logical CPUs beside the engines
-    ingress: IngressConfig = IngressConfig()
-    family: Literal["llava_next_llama3", "qwen2_vl", "mllama"] = "llava_next_llama3"  # default of /v1/synthesize
-    synthesizer: ModelEndpointConfig
-    judge: ModelEndpointConfig | None = None  # None: /v1/synthesize keeps every triplet
-    judge_prompt: InputPath | None = None
-    evaluator: ModelEndpointConfig | None = None  # None: /v1/evaluate asks the synthesizer
-    mode: Literal["single_stage", "synthetic_only", "caption_only"] = "single_stage"
-    images: ImageLimits = ImageLimits()  # over max_decoded_pixels: 413; over max_pixels: downscaled
-
-    @model_validator(mode="after")
-    def _model_names(self):
-        seen = set()
-        for section, ep in self.endpoints().items():
-            if ep.name is None:
-                ep.name = section
-            if ep.name in seen:
-                raise ValueError(f"model name {ep.name!r} is used twice; give each model its own name")
-            seen.add(ep.name)
-        return self
-
-    def endpoints(self) -> dict[str, ModelEndpointConfig]:
-        """The configured models by section name."""
-        eps = {"synthesizer": self.synthesizer, "judge": self.judge, "evaluator": self.evaluator}
-        return {k: v for k, v in eps.items() if v is not None}
-
-
-class TrainDataConfig(Section):
-    """The training set (SPEC §3): ShareGPT JSON written by the synthesis run, images relative to the file."""
-
-    path: InputPath  # a ShareGPT .json/.jsonl file, a folder or a glob of them; local or s3://
-    image_root: InputPath | None = None  # default: the folder of each JSON file
-    mode: Literal["single_stage", "two_stage", "synthetic_only", "caption_only"] = "single_stage"
-    caption_prompts: list[str] = ["Describe the image."]  # user prompts (without <image>) of the caption task
-    synthesizer_tuning: bool = False  # loss on everything after the first round, end-of-text trained
-    blank_image_share: float = Field(0.1, ge=0.0, le=1.0)  # synthesizer tuning: images replaced by a blank one
-    max_length: int = Field(6144, ge=16)  # tokens, image tokens included; longer examples are truncated
-    shuffle: bool = True  # a new order every epoch (seeded), drawn on the driver over the light entries
-    seed: int = 0
-    limit: int | None = None  # use at most this many entries (smoke runs)
-    images: ImageLimits = ImageLimits()
-    map_batch_size: int = 16  # examples per batch of the Ray Data stage that loads images and tokenizes
-    map_concurrency: int | tuple[int, int] = 2  # actors of that stage, or [min, max] to autoscale
-    map_num_cpus: float = 0.5  # logical CPUs per actor
-
-
-class TrainScalingConfig(Section):
-    """Ray Train's ScalingConfig: one DeepSpeed rank per worker."""
-
-    num_workers: int = Field(2, ge=1)
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    # how the workers' bundles spread over nodes (Ray's placement group strategies); STRICT_SPREAD puts
-    # each worker on its own node
-    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
-    wait_for_resources: bool = False  # autoscaling clusters: ask the autoscaler for the workers' nodes and wait
-    wait_timeout_s: float = Field(900.0, gt=0)  # ... this long at most, then fail naming what never came
-
-
-class TrainOptimConfig(Section):
-    lr: float = 1e-5
-    vision_lr: float | None = None  # vision tower; default: lr
-    weight_decay: float = 0.0
-    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    max_grad_norm: float = 1.0
-
-
-class TrainFreezeConfig(Section):
-    """Parts left out of training (the paper trains everything)."""
-
-    vision_tower: bool = False
-    projector: bool = False
-    language_model: bool = False
-
-
-class TrainCheckpointConfig(Section):
-    every_steps: int = Field(100, ge=1)  # and always at the end
-    num_to_keep: int | None = 2
-
-
-class TrainConfig(Section):
-    ray: RayConfig = RayConfig()
-    s3: S3Config = S3Config()
-    model: ModelPath  # local folder, s3:// prefix or hub id
-    family: Literal["qwen2_vl", "llava_next_llama3", "mllama"] = "qwen2_vl"
-    data: TrainDataConfig
-    output: OutputPath  # folder, local or s3://: checkpoints under OUTPUT/NAME/, the exported model in OUTPUT/NAME/model
-    name: str = "train"
-    resume_from: InputPath | None = None  # a checkpoint folder (local or s3://) to start a new run from
-    scaling: TrainScalingConfig = TrainScalingConfig()
-    zero_stage: Literal[2, 3] = 2
-    precision: Literal["bf16", "fp32"] = "bf16"
-    epochs: int = Field(1, ge=1)
-    global_batch_size: int = Field(128, ge=1)  # examples per optimizer step over all workers
-    micro_batch_size: int = Field(1, ge=1)  # examples per forward pass per worker
-    max_steps: int | None = None  # stop after this many optimizer steps (smoke runs); the schedule spans them
-    optim: TrainOptimConfig = TrainOptimConfig()
-    freeze: TrainFreezeConfig = TrainFreezeConfig()
-    gradient_checkpointing: bool = False
-    checkpoint: TrainCheckpointConfig = TrainCheckpointConfig()
-    max_failures: int = 0  # worker-group restarts from the latest checkpoint
-    export: bool = True  # write a Hugging Face folder at the end
-    export_dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bfloat16 when trained in bf16
-
-    @model_validator(mode="after")
-    def _model_exists(self, info: ValidationInfo):
-        check_model_exists(self.model, info)
-        return self
-
-    @model_validator(mode="after")
-    def _batch_fits(self):
-        per_step = self.micro_batch_size * self.scaling.num_workers
-        if self.global_batch_size % per_step:
-            raise ValueError(
-                f"global_batch_size {self.global_batch_size} is not a multiple of micro_batch_size x "
-                f"scaling.num_workers = {self.micro_batch_size} x {self.scaling.num_workers}")
-        return self
-
-    @property
-    def gradient_accumulation_steps(self) -> int:
-        return self.global_batch_size // (self.micro_batch_size * self.scaling.num_workers)
-
-
-class EvalModelConfig(EngineConfig):
-    """One model to evaluate: its vLLM engine pool, the chat format its prompts are written in, and
-    optionally the paper's model whose numbers the report puts beside it."""
-
-    name: str  # the report's column and the folder predictions/<name>/
-    family: Literal["qwen2_vl", "llava_next_llama3", "mllama"] = "qwen2_vl"
-    max_model_len: int = 6144  # the authors' evaluation length
-    paper: str | None = None  # a model of the paper's tables: Qwen2-VL-2B, AdaMLLM-med-2B, AdaMLLM-food-2B
-
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, v):
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
-            raise ValueError("a model name is a folder name: letters, digits, '.', '_' and '-'")
-        return v
-
-    @field_validator("paper")
-    @classmethod
-    def _known_paper_model(cls, v):
-        from adamllm_ray.evaluation.tasks import PAPER_SCORES
-
-        if v is not None and v not in PAPER_SCORES:
-            raise ValueError(f"unknown paper model {v!r}; the paper's tables have {', '.join(PAPER_SCORES)}")
-        return v
-
-
-class EvalTaskConfig(Section):
-    """One benchmark: a folder of parquet files (or a Hugging Face `save_to_disk` folder of arrow files)."""
-
-    name: str  # slake, pathvqa, vqa_rad, pmc_vqa, recipe1m, nutrition5k, food101, foodseg103
-    data: InputPath  # folder, local or s3://
-    vocabulary: InputPath | None = None  # JSON file of phrases/class names; default: DATA/vocabulary.json when present
-    limit: int | None = Field(None, ge=1)  # the first N examples only (smoke runs)
-    max_new_tokens: int | None = Field(None, ge=1)  # default: the paper's budget (1024; 256 for food tasks)
-
-    @field_validator("name")
-    @classmethod
-    def _known_task(cls, v):
-        from adamllm_ray.evaluation.tasks import TASKS
-
-        if v not in TASKS:
-            raise ValueError(f"unknown task {v!r}; known tasks: {', '.join(TASKS)}")
-        return v
-
-
-class EvaluateConfig(Section):
-    ray: RayConfig = RayConfig()
-    s3: S3Config = S3Config()
-    output: OutputPath  # folder, local or s3://: predictions/, errors.jsonl, metrics.json, report.md, report.png
-    models: list[EvalModelConfig] = Field(min_length=1)
-    tasks: list[EvalTaskConfig] = Field(min_length=1)
-    images: ImageLimits = ImageLimits()  # a benchmark image over max_decoded_pixels is an error row
-    resume: bool = True  # skip (model, task) pairs already complete in `output`
-
-    @field_validator("models", "tasks")
-    @classmethod
-    def _unique_names(cls, v):
-        names = [item.name for item in v]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise ValueError(f"{twice[0]!r} is listed twice; list each once")
-        return v
 
 
 # ---------------------------------------------------------------- loading

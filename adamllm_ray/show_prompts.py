@@ -19,7 +19,9 @@ from typing import Any
 from PIL import Image
 
 from adamllm_ray import records, sources
-from adamllm_ray.config import ConfigError, EvaluateConfig, SourceConfig, SynthesisConfig
+from adamllm_ray.config import ConfigError, SourceConfig
+from adamllm_ray.evaluation.config import EvaluateConfig
+from adamllm_ray.synthesis.config import SynthesisConfig
 
 
 def _size(data: bytes) -> tuple[int, int]:

@@ -107,7 +107,7 @@ def test_missing_for_names_the_resource_the_nodes_lack():
 def scaling_only(**kw):
     from types import SimpleNamespace
 
-    from adamllm_ray.config import TrainScalingConfig
+    from adamllm_ray.training.config import TrainScalingConfig
 
     return SimpleNamespace(scaling=TrainScalingConfig(**kw))
 
@@ -133,7 +133,8 @@ def test_training_waits_a_bounded_time_and_names_the_missing_resource(ray_local)
 def test_synthesis_run_records_a_timeline_that_covers_it(tmp_path, ray_local, tiny_qwen2_vl):
     """HEAVY (Ray, vLLM). A pool of [1, 2] engines: the timeline starts with the run and ends with it, saw
     an engine, and never more engines than the pool's max."""
-    from adamllm_ray.config import SynthesisConfig, validate
+    from adamllm_ray.config import validate
+    from adamllm_ray.synthesis.config import SynthesisConfig
     from adamllm_ray.embedded import sample_data
     from adamllm_ray.synthesis import pipeline
 

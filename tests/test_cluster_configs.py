@@ -510,7 +510,9 @@ def engine_bundles(section: dict) -> tuple[list[dict], int]:
 
 def job_demands(path: Path) -> list[tuple[str, list[dict], int]]:
     """(what, bundles that must share one node, how many of them at most) for every placement a job asks for."""
-    from adamllm_ray.config import LIGHT_TASK_CPUS, IngressConfig, TrainDataConfig, TrainScalingConfig
+    from adamllm_ray.config import LIGHT_TASK_CPUS
+    from adamllm_ray.serving.config import IngressConfig
+    from adamllm_ray.training.config import TrainDataConfig, TrainScalingConfig
 
     job = load(path)
     name = str(path.relative_to(REPO))

@@ -6,7 +6,8 @@ import sys
 import pytest
 
 from adamllm_ray.cli import COMMANDS
-from adamllm_ray.config import ConfigError, SynthesisConfig, load_config
+from adamllm_ray.config import ConfigError, load_config
+from adamllm_ray.synthesis.config import SynthesisConfig
 
 GOOD = """\
 source: {format: parquet, path: data/}
@@ -96,7 +97,7 @@ def test_engine_pool_size_is_fixed_or_a_range():
 
 
 def test_unknown_placement_strategy_is_named():
-    from adamllm_ray.config import TrainConfig
+    from adamllm_ray.training.config import TrainConfig
     from conftest import ROOT
 
     with pytest.raises(ConfigError, match="scaling.placement_strategy"):

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from adamllm_ray import cli
-from adamllm_ray.config import ConfigError, EvalTaskConfig, EvaluateConfig, load_config, validate
+from adamllm_ray.config import ConfigError, load_config, validate
+from adamllm_ray.evaluation.config import EvalTaskConfig, EvaluateConfig
 from adamllm_ray.embedded.make_benchmark import BROKEN_ROW, TASK_NAMES, write_benchmark
 from adamllm_ray.evaluation import report, run
 from adamllm_ray.evaluation.benchmark import BenchmarkError, iter_examples, plan_task

@@ -354,7 +354,8 @@ def test_a_real_synthesis_run(tmp_path, tmp_path_factory, ray_local, tiny_qwen2_
     import html
     import re
 
-    from adamllm_ray.config import SynthesisConfig, validate
+    from adamllm_ray.config import validate
+    from adamllm_ray.synthesis.config import SynthesisConfig
     from adamllm_ray.embedded import sample_data
     from adamllm_ray.synthesis import pipeline
 

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from adamllm_ray import sources
-from adamllm_ray.config import ConfigError, SynthesisConfig, validate
+from adamllm_ray.config import ConfigError, validate
+from adamllm_ray.synthesis.config import SynthesisConfig
 from adamllm_ray.embedded import sample_data
 from adamllm_ray.synthesis import pipeline, resume
 from test_sources import entry, hostile_set

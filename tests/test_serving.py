@@ -21,7 +21,8 @@ import textwrap
 
 import pytest
 
-from adamllm_ray.config import ImageLimits, ServeConfig, load_config
+from adamllm_ray.config import ImageLimits, load_config
+from adamllm_ray.serving.config import ServeConfig
 from adamllm_ray.records import CAPTION, CAPTION_PROMPT, DEFAULT_CAPTION_PROMPT, ERROR, ID, IMAGE, IMAGE_PATH, \
     RAW_OUTPUT
 from adamllm_ray.serving.requests import RequestError, parse_evaluate, parse_synthesize
@@ -158,7 +159,8 @@ REFERENCE_SCRIPT = textwrap.dedent("""
     import json, sys
     from vllm import LLM, SamplingParams
     from adamllm_ray import engine, images
-    from adamllm_ray.config import load_config, ServeConfig
+    from adamllm_ray.config import load_config
+    from adamllm_ray.serving.config import ServeConfig
     from adamllm_ray.families import get_family
     from adamllm_ray.synthesis.pipeline import synthesis_sampling
 

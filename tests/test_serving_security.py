@@ -21,7 +21,8 @@ import time
 
 import pytest
 
-from adamllm_ray.config import ServeConfig, load_config
+from adamllm_ray.config import load_config
+from adamllm_ray.serving.config import ServeConfig
 from adamllm_ray.embedded.local_cluster import BIN, LocalCluster, cluster_env, free_port
 from adamllm_ray.serving.guard import NO_KEY_WARNING, ExposureError, check_exposure, check_json
 from adamllm_ray.serving.requests import RequestError
@@ -145,7 +146,7 @@ def test_the_key_is_resolved_when_the_app_is_built(monkeypatch, tiny_qwen2_vl):
 def test_cors_only_for_listed_origins(monkeypatch):
     import httpx
 
-    from adamllm_ray.config import IngressConfig
+    from adamllm_ray.serving.config import IngressConfig
     from adamllm_ray.serving import app, guard
 
     class NoMetric:

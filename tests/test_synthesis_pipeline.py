@@ -12,7 +12,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import yaml
 
-from adamllm_ray.config import SynthesisConfig, validate
+from adamllm_ray.config import validate
+from adamllm_ray.synthesis.config import SynthesisConfig
 from adamllm_ray.embedded import sample_data
 from adamllm_ray.synthesis import pipeline
 

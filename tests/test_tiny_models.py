@@ -66,7 +66,7 @@ def test_every_family_loads_and_takes_one_training_step(family, family_models):
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-    from adamllm_ray.config import TrainConfig
+    from adamllm_ray.training.config import TrainConfig
     from adamllm_ray.families import get_family
     from adamllm_ray.training.data import IGNORE, encode_example
     from adamllm_ray.training.loop import param_groups

@@ -17,7 +17,8 @@ from PIL import Image
 
 from adamllm_ray import storage
 from adamllm_ray.cli import main as cli_main
-from adamllm_ray.config import ConfigError, TrainConfig, TrainDataConfig, validate
+from adamllm_ray.config import ConfigError, validate
+from adamllm_ray.training.config import TrainConfig, TrainDataConfig
 from adamllm_ray.embedded.training_set import write_training_set
 from adamllm_ray.families import HINTS, get_family
 from adamllm_ray.training import data

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from adamllm_ray.bench.synthesis import run_bare
-from adamllm_ray.config import EvaluateConfig, validate
+from adamllm_ray.config import validate
+from adamllm_ray.evaluation.config import EvaluateConfig
 from adamllm_ray.embedded import tiny
 from adamllm_ray.embedded.make_benchmark import TASK_NAMES, write_benchmark
 from adamllm_ray.evaluation import benchmark, run
@@ -30,7 +31,8 @@ BARE = r'''
 import json, sys, time
 from vllm import LLM, SamplingParams
 from adamllm_ray import images
-from adamllm_ray.config import EvaluateConfig, validate
+from adamllm_ray.config import validate
+from adamllm_ray.evaluation.config import EvaluateConfig
 from adamllm_ray.evaluation import benchmark
 from adamllm_ray.evaluation.prompts import engine_kwargs, evaluation_prompt, sampling_params
 cfg = validate(EvaluateConfig, json.loads(sys.argv[1]))

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from adamllm_ray import records
-from adamllm_ray.config import SynthesisConfig, validate
+from adamllm_ray.config import validate
+from adamllm_ray.synthesis.config import SynthesisConfig
 from adamllm_ray.embedded import sample_data, tiny
 
 DONE = 200_000

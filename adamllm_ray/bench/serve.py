@@ -55,7 +55,8 @@ def bench_serve(rows: int) -> dict:
     import httpx
     from ray import serve
 
-    from adamllm_ray.config import ServeConfig, load_config
+    from adamllm_ray.config import load_config
+    from adamllm_ray.serving.config import ServeConfig
     from adamllm_ray.families import get_family
     from adamllm_ray.serving import app
     from adamllm_ray.synthesis.pipeline import synthesis_sampling

@@ -23,7 +23,7 @@ def _steady(history: list[dict]) -> dict:
 def bench_train(rows: int) -> dict:
     import ray
 
-    from adamllm_ray.config import TrainConfig
+    from adamllm_ray.training.config import TrainConfig
     from adamllm_ray.embedded import tiny
     from adamllm_ray.embedded.training_set import write_training_set
     from adamllm_ray.training import trainer

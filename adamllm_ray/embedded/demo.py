@@ -92,7 +92,7 @@ def query_service(out: Path, synthesizer: str, judge: str) -> dict:
     """One synthesize and one evaluate request against the served tuned synthesizer and judge."""
     import httpx
 
-    from adamllm_ray.config import ServeConfig
+    from adamllm_ray.serving.config import ServeConfig
     from adamllm_ray.embedded.local_cluster import free_port
     from adamllm_ray.serving import app
 
@@ -128,7 +128,9 @@ def _score_figures(r: dict) -> str:
 
 
 def run(out: str = DEFAULT_OUT, n: int = 48) -> dict:
-    from adamllm_ray.config import EvaluateConfig, SynthesisConfig, TrainConfig
+    from adamllm_ray.evaluation.config import EvaluateConfig
+    from adamllm_ray.synthesis.config import SynthesisConfig
+    from adamllm_ray.training.config import TrainConfig
     from adamllm_ray.evaluation import run as evaluation
     from adamllm_ray.ray_session import ray_session
     from adamllm_ray.synthesis import pipeline

@@ -50,7 +50,8 @@ def write_run(out: str | Path, n: int, seed: int = 0, rows_per_file: int = 10_00
     finalize. With `distinct_images=False` rows share a pool of 64 image files (fast at 200K rows)."""
     import pyarrow.parquet as pq
 
-    from adamllm_ray.config import SynthesisConfig, validate
+    from adamllm_ray.config import validate
+    from adamllm_ray.synthesis.config import SynthesisConfig
     from adamllm_ray.synthesis import pipeline
 
     out = Path(out)
@@ -107,7 +108,8 @@ def write_eval_run(out: str | Path, bench_dir: str | Path, n: int = 12, models: 
     """An evaluation output folder for every task of a generated benchmark (`write_benchmark`, one
     broken image per task): each model answers a seeded share of the examples right, and the
     evaluation's own writers (`write_pair`, `finalize`) write predictions, errors, metrics and report."""
-    from adamllm_ray.config import EvaluateConfig, validate
+    from adamllm_ray.config import validate
+    from adamllm_ray.evaluation.config import EvaluateConfig
     from adamllm_ray.embedded.make_benchmark import write_benchmark
     from adamllm_ray.evaluation import benchmark, run
     from adamllm_ray.evaluation.tasks import TASKS

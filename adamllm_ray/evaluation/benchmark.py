@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from adamllm_ray import images, records, storage
-from adamllm_ray.config import EvalTaskConfig, ImageLimits
+from adamllm_ray.config import ImageLimits
+from adamllm_ray.evaluation.config import EvalTaskConfig
 from adamllm_ray.evaluation.prompts import prompt_text
 from adamllm_ray.evaluation.tasks import RecordError, get_task
 

@@ -28,7 +28,8 @@ import time
 from typing import Any
 
 from adamllm_ray import engine, images, records, scaling, storage
-from adamllm_ray.config import EvalModelConfig, EvaluateConfig, dump_config, validate
+from adamllm_ray.config import dump_config, validate
+from adamllm_ray.evaluation.config import EvalModelConfig, EvaluateConfig
 from adamllm_ray.evaluation import benchmark, report
 from adamllm_ray.evaluation.benchmark import BenchmarkError, TaskPlan
 from adamllm_ray.evaluation.prompts import engine_kwargs, evaluation_prompt

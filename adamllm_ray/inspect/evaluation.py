@@ -182,7 +182,8 @@ class EvaluationRun:
     # ------------------------------------------------------------ the benchmark's side
 
     def plan(self, task: str):
-        from adamllm_ray.config import EvalTaskConfig, validate
+        from adamllm_ray.config import validate
+        from adamllm_ray.evaluation.config import EvalTaskConfig
         from adamllm_ray.evaluation import benchmark
 
         if task not in self._plans:

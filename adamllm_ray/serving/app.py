@@ -48,7 +48,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
 from adamllm_ray import engine, images
-from adamllm_ray.config import IngressConfig, ModelEndpointConfig, ServeConfig, dump_config, load_config
+from adamllm_ray.config import dump_config, load_config
+from adamllm_ray.serving.config import IngressConfig, ModelEndpointConfig, ServeConfig
 from adamllm_ray.evaluation.prompts import evaluation_prompt
 from adamllm_ray.evaluation.prompts import sampling_params as evaluation_sampling
 from adamllm_ray.evaluation.tasks import get_task

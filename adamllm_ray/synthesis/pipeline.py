@@ -24,7 +24,8 @@ from collections import Counter
 from typing import Any
 
 from adamllm_ray import engine, images, records, scaling, sources, storage
-from adamllm_ray.config import SynthesisConfig, dump_config
+from adamllm_ray.config import dump_config
+from adamllm_ray.synthesis.config import SynthesisConfig
 from adamllm_ray.families import get_family
 from adamllm_ray.ray_session import ray_session
 from adamllm_ray.records import ERROR, ID, IMAGE, IMAGE_PATH, error, failed

@@ -11,7 +11,8 @@ import json
 from typing import Any
 
 from adamllm_ray import storage
-from adamllm_ray.config import ConfigError, SynthesisConfig
+from adamllm_ray.config import ConfigError
+from adamllm_ray.synthesis.config import SynthesisConfig
 from adamllm_ray.records import ID
 from adamllm_ray.synthesis.filter import load_judge_prompt
 

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from adamllm_ray import images, sources, storage
-from adamllm_ray.config import ImageLimits, TrainDataConfig
+from adamllm_ray.config import ImageLimits
+from adamllm_ray.training.config import TrainDataConfig
 from adamllm_ray.families import PER_TOKEN_KEYS, Family, get_family
 
 IMAGE_TAG = "<image>"

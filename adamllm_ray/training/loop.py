@@ -195,7 +195,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from ray.train import Checkpoint
 
     from adamllm_ray import storage
-    from adamllm_ray.config import TrainConfig
+    from adamllm_ray.training.config import TrainConfig
     from adamllm_ray.training import data
     from adamllm_ray.families import get_family
 

@@ -15,7 +15,8 @@ import os
 import time
 
 from adamllm_ray import storage
-from adamllm_ray.config import TrainConfig, dump_config
+from adamllm_ray.config import dump_config
+from adamllm_ray.training.config import TrainConfig
 from adamllm_ray.training import data
 from adamllm_ray.training.loop import STATE_FILE, TrainState, train_loop_per_worker
 
