@@ -117,9 +117,10 @@ def cmd_serve(a):
     from adamllm_ray.serving.config import ServeConfig
 
     cfg = load_config(ServeConfig, a.config, a.overrides)
+    from adamllm_ray.embedded import tiny
     from adamllm_ray.serving import app
 
-    app.run_until_interrupted(cfg)
+    app.run_until_interrupted(cfg, prepare=tiny.ensure_models)
 
 
 def cmd_inspect(a):

@@ -58,7 +58,8 @@ def bench_serve(rows: int) -> dict:
     from adamllm_ray.config import load_config
     from adamllm_ray.serving.config import ServeConfig
     from adamllm_ray.families import get_family
-    from adamllm_ray.serving import app
+    from adamllm_ray.embedded import tiny
+    from adamllm_ray.serving import app, lifecycle
     from adamllm_ray.synthesis.pipeline import synthesis_sampling
 
     n = max(8, min(rows, 64))
@@ -77,10 +78,10 @@ def bench_serve(rows: int) -> dict:
     eval_body = {"task": "slake", "image": image_b64, "question": QUESTION, "max_tokens": 32}
 
     t_start = time.perf_counter()
-    url = app.start(cfg, port=free_port())
+    url = app.start(cfg, port=free_port(), prepare=tiny.ensure_models)
     startup_s = time.perf_counter() - t_start
     try:
-        handle = serve.get_deployment_handle("RawPromptServer:synthesizer", app_name=app.APP_NAME)
+        handle = serve.get_deployment_handle("RawPromptServer:synthesizer", app_name=lifecycle.APP_NAME)
         http = httpx.Client(timeout=300)
 
         def synthesize(caption: str) -> None:

@@ -247,3 +247,11 @@ def build(family: str, out: str | os.PathLike, seed: int = 0, overwrite: bool = 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return str(out)
+
+
+def ensure_models(cfg) -> None:
+    """A serve config's models marked `tiny:` are built at their path when missing (`adamllm serve` and
+    `serve run` of the embedded default pass this as the service's `prepare`)."""
+    for ep in cfg.endpoints().values():
+        if ep.tiny:
+            build(ep.tiny, ep.model, seed=0)

@@ -1,9 +1,11 @@
-"""The task routes' request bodies, checked field by field before any model is asked: a bad request
+"""The task routes' request bodies as pydantic models (SynthesizeBody, EvaluateBody), then the checks a
+type cannot say (the image, the family, the task's own fields), before any model is asked: a bad request
 gets a 4xx whose message starts with the field it is about. Pure Python, so every case is testable
 without Ray.
 
 Both routes take JSON (the image as base64, optionally a data URL) or multipart/form-data (the image
-as a file part; list fields as JSON text)."""
+as a file part; list fields as JSON text), so the route validates the model itself over either rather
+than as a FastAPI JSON body parameter."""
 
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ import hashlib
 import io
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from adamllm_ray import images
 from adamllm_ray.config import ImageLimits
@@ -22,10 +26,7 @@ from adamllm_ray.evaluation.tasks import RecordError, get_task
 from adamllm_ray.families import FAMILIES
 from adamllm_ray.records import DEFAULT_CAPTION_PROMPT
 
-SYNTHESIZE_FIELDS = {"image", "caption", "caption_prompt", "id", "family", "judge", "compose"}
 MAX_ASPECT_RATIO = 200  # Qwen2-VL's image processor refuses more (long side over short side)
-EVALUATE_FIELDS = {"task", "image", "input", "question", "options", "vocabulary", "label", "answer_type", "id",
-                   "index", "model", "max_tokens"}
 
 
 class RequestError(ValueError):
@@ -40,6 +41,78 @@ class RequestError(ValueError):
 
     def body(self) -> dict:
         return {"error": {"message": str(self), "type": self.kind, "param": self.field, "code": self.status}}
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("empty")
+    return value
+
+
+Text = Annotated[StrictStr, AfterValidator(_not_blank)]
+Id = StrictStr | StrictInt  # rows carry string ids; an int is taken as its decimal text
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SynthesizeBody(_Body):
+    """/v1/synthesize's fields (JSON, or multipart with the image as a file part and flags as text)."""
+
+    image: StrictStr | bytes
+    caption: Text
+    caption_prompt: Text = DEFAULT_CAPTION_PROMPT
+    id: Id | None = None
+    family: Text | None = None  # default: the served synthesizer's
+    judge: bool | None = None  # default: whether a judge is served
+    compose: bool = True
+
+
+class EvaluateBody(_Body):
+    """/v1/evaluate's fields; which of question/options/vocabulary/label are needed is the task's to say."""
+
+    task: Text
+    image: StrictStr | bytes
+    input: Text | None = None  # the benchmark's prompt text, sent verbatim
+    question: Text | None = None
+    options: list[Text] | None = None
+    vocabulary: list[Text] | None = None
+    label: StrictStr | list[StrictStr] | None = None
+    answer_type: StrictStr | None = None
+    id: Id | None = None
+    index: StrictInt = Field(0, ge=0)  # the example's 0-based position in its split: seeds a guess
+    model: Text | None = None
+    max_tokens: StrictInt | None = None
+
+
+TYPE_ERRORS = {"string_type": "must be a string", "int_type": "must be an integer", "list_type": "must be a list",
+               "bool_parsing": "must be true or false", "bool_type": "must be true or false",
+               "bytes_type": "must be base64 text or a file part"}
+UNION_FIELDS = {"image": "must be base64 text or a file part", "id": "must be a string or an integer",
+                "label": "must be a string or a list of strings"}
+
+
+def validated(model: type[BaseModel], data: dict) -> Any:
+    """The body as `model`, or a RequestError naming the first field at fault (with its list index)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+    name = str(first["loc"][0]) if first["loc"] else "body"
+    field = name + "".join(f"[{p}]" for p in first["loc"][1:] if isinstance(p, int))
+    kind, got = first["type"], first.get("input")
+    if kind == "missing":
+        message = "missing"
+    elif kind == "extra_forbidden":
+        message = f"unknown field; known fields: {', '.join(model.model_fields)}"
+    elif kind == "value_error":
+        message = str(first["ctx"]["error"])
+    elif kind in TYPE_ERRORS:
+        message = f"{UNION_FIELDS.get(name, TYPE_ERRORS[kind])}, got {type(got).__name__} {str(got)[:40]!r}"
+    else:
+        message = first["msg"]
+    raise RequestError(field, message)
 
 
 @dataclass
@@ -90,16 +163,7 @@ async def read_body(request) -> dict[str, Any]:
     return data
 
 
-def _unknown(data: dict, known: set[str]) -> None:
-    extra = sorted(set(data) - known)
-    if extra:
-        raise RequestError(extra[0], f"unknown field; known fields: {', '.join(sorted(known))}")
-
-
-def _image(data: dict, limits: ImageLimits) -> bytes:
-    value = data.get("image")
-    if value is None:
-        raise RequestError("image", "missing; send the image as base64 text or as a file part")
+def _image(value: str | bytes, limits: ImageLimits) -> bytes:
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("data:"):
@@ -110,8 +174,6 @@ def _image(data: dict, limits: ImageLimits) -> bytes:
             value = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError) as err:
             raise RequestError("image", f"not valid base64 ({err})") from None
-    elif not isinstance(value, bytes):
-        raise RequestError("image", f"must be base64 text or a file part, got {type(value).__name__}")
     return check_image(value, limits, "image")
 
 
@@ -131,128 +193,81 @@ def check_image(data: bytes, limits: ImageLimits, field: str) -> bytes:
     return checked
 
 
-def _text(data: dict, field: str, required: bool = True, default: str | None = None) -> str | None:
-    value = data.get(field)
-    if value is None:
-        if required:
-            raise RequestError(field, "missing")
-        return default
-    if not isinstance(value, str):
-        raise RequestError(field, f"must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise RequestError(field, "empty")
-    return value
-
-
-def _flag(data: dict, field: str, default: bool) -> bool:
-    value = data.get(field, default)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
-        return value.lower() in ("true", "1")
-    raise RequestError(field, f"must be true or false, got {value!r}")
-
-
-def _id(data: dict, *parts: bytes) -> str:
+def _id(value: str | int | None, *parts: bytes) -> str:
     """Rows carry string ids (an int is taken as its decimal text); none given: a digest of the
     inputs, so the same request gives the same id-seeded choices."""
-    value = data.get("id")
     if value is None:
         return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise RequestError("id", f"must be a string or an integer, got {value!r}")
     if isinstance(value, str) and not value.strip():
         raise RequestError("id", "empty")
     return str(value)
 
 
-def _str_list(data: dict, field: str) -> list[str]:
-    value = data.get(field)
-    if value is None:
-        raise RequestError(field, "missing")
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise RequestError(field, f"must be a list of non-empty strings, got {str(value)[:60]}")
-    if not value:
-        raise RequestError(field, "empty")
-    return value
-
-
-def _json_list(data: dict, field: str) -> None:
-    """Multipart sends list fields as JSON text: decode them in place."""
-    value = data.get(field)
-    if isinstance(value, str) and value.lstrip().startswith("["):
-        try:
-            data[field] = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise RequestError(field, f"not a valid JSON list ({err})") from None
+def _json_lists(data: dict, fields: tuple[str, ...]) -> dict:
+    """Multipart sends list fields as JSON text: decoded before validation."""
+    data = dict(data)
+    for field in fields:
+        value = data.get(field)
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            try:
+                data[field] = json.loads(value)
+            except json.JSONDecodeError as err:
+                raise RequestError(field, f"not a valid JSON list ({err})") from None
+    return data
 
 
 # ---------------------------------------------------------------- the two routes
 
 
 def parse_synthesize(data: dict, limits: ImageLimits, default_family: str, judge_available: bool) -> SynthesizeRequest:
-    _unknown(data, SYNTHESIZE_FIELDS)
-    caption = _text(data, "caption")
-    caption_prompt = _text(data, "caption_prompt", required=False, default=DEFAULT_CAPTION_PROMPT)
-    family = _text(data, "family", required=False, default=default_family)
+    body: SynthesizeBody = validated(SynthesizeBody, data)
+    family = body.family or default_family
     if family not in FAMILIES:
         raise RequestError("family", f"unknown model family {family!r}; known families: {', '.join(sorted(FAMILIES))}")
     if family != default_family:
         raise RequestError("family", f"this service's synthesizer is a {default_family} model; {family!r} prompts "
                                      f"would not match it (leave family out, or send {default_family!r})")
-    judge = _flag(data, "judge", judge_available)
+    judge = judge_available if body.judge is None else body.judge
     if judge and not judge_available:
         raise RequestError("judge", "no judge model is configured on this service; send judge: false")
-    compose = _flag(data, "compose", True)
-    image = _image(data, limits)
-    row_id = _id(data, image, caption.encode())
-    return SynthesizeRequest(row_id, image, caption, caption_prompt, family, judge, compose)
+    image = _image(body.image, limits)
+    row_id = _id(body.id, image, body.caption.encode())
+    return SynthesizeRequest(row_id, image, body.caption, body.caption_prompt, family, judge, body.compose)
 
 
 def parse_evaluate(data: dict, limits: ImageLimits) -> EvaluateRequest:
-    _unknown(data, EVALUATE_FIELDS)
-    name = _text(data, "task")
+    body: EvaluateBody = validated(EvaluateBody, _json_lists(data, ("options", "vocabulary", "label")))
     try:
-        task = get_task(name)
+        task = get_task(body.task)
     except RecordError as err:
         raise RequestError("task", str(err)) from None
-    for field in ("options", "vocabulary", "label"):
-        _json_list(data, field)
     # the prompt text as batch evaluation builds it: `input` verbatim, else the task's table
-    fields = ("input",) if _text(data, "input", required=False) is not None else task.prompt_fields
+    fields = ("input",) if body.input is not None else task.prompt_fields
+    given = body.model_dump()
     for field in fields:
-        _text(data, field) if field in ("question", "input") else _str_list(data, field)
+        if given[field] is None:
+            raise RequestError(field, "missing")
+        if given[field] == []:
+            raise RequestError(field, "empty")
     try:
-        prompt = prompt_text(name, {k: data[k] for k in fields})
+        prompt = prompt_text(body.task, {k: given[k] for k in fields})
     except RecordError as err:  # a list of the wrong length
         raise RequestError(_field_of(err, task.prompt_fields) or task.prompt_fields[-1], str(err)) from None
-    image = _image(data, limits)
-    index = _index(data)
+    image = _image(body.image, limits)
     record = None
-    if data.get("label") is not None:
-        record = {k: data[k] for k in task.record_fields if k in data and k != "prediction"}
-        record["id"] = _id(data, image, prompt.encode())
-        record["index"] = index
+    if body.label is not None:
+        record = {k: given[k] for k in task.record_fields if given.get(k) is not None and k != "prediction"}
+        record["id"] = _id(body.id, image, prompt.encode())
+        record["index"] = body.index
         try:
             task.check_record({**record, "prediction": ""})
         except RecordError as err:
             raise RequestError(_field_of(err, task.record_fields), str(err)) from None
-    model = _text(data, "model", required=False)
-    max_tokens = data.get("max_tokens", task.max_new_tokens)
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= task.max_new_tokens:
-        raise RequestError("max_tokens", f"must be an integer from 1 to {task.max_new_tokens} ({name}'s budget), "
+    max_tokens = task.max_new_tokens if body.max_tokens is None else body.max_tokens
+    if not 1 <= max_tokens <= task.max_new_tokens:
+        raise RequestError("max_tokens", f"must be an integer from 1 to {task.max_new_tokens} ({body.task}'s budget), "
                                          f"got {max_tokens!r}")
-    return EvaluateRequest(name, image, prompt, record, model, max_tokens)
-
-
-def _index(data: dict) -> int:
-    """The example's 0-based position in its benchmark split: it seeds a multiple-choice guess, as in
-    batch evaluation and `adamllm score` (0 when not given)."""
-    value = data.get("index", 0)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise RequestError("index", f"must be the example's 0-based position in its benchmark split (an integer "
-                                    f">= 0), got {value!r}")
-    return value
+    return EvaluateRequest(body.task, image, prompt, record, body.model, max_tokens)
 
 
 def _field_of(err: Exception, fields: tuple[str, ...]) -> str | None:
