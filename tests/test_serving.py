@@ -136,7 +136,7 @@ def test_evaluate_request_fields():
 
 
 def test_model_calls_time_out_or_fail_with_a_message():
-    from adamllm_ray.serving.app import bounded
+    from adamllm_ray.serving.ingress import bounded
 
     async def slow():
         await asyncio.sleep(30)
@@ -151,6 +151,29 @@ def test_model_calls_time_out_or_fail_with_a_message():
         asyncio.run(bounded("judge", broken(), timeout_s=5))
     assert info.value.status == 502
     assert str(info.value) == "model 'judge' failed: EngineDeadError: the engine process exited"
+
+
+EVALUATOR = ["evaluator.model=outputs/tiny/qwen2_vl", "evaluator.tiny=qwen2_vl", "evaluator.family=qwen2_vl"]
+QWEN2_VL_BOUNDS = {"min_pixels": 224 * 224, "max_pixels": 1280 * 28 * 28}  # SPEC: how the authors evaluate
+
+
+def test_served_evaluator_engine_gets_the_family_pixel_bounds():
+    """The evaluator's vLLM engine is configured as batch evaluation configures it (Qwen2-VL images resized
+    within the authors' pixel bounds); the synthesizer's as batch synthesis (engine.py, no bounds); a
+    configured mm_processor_kwargs still wins."""
+    from adamllm_ray import engine
+    from adamllm_ray.serving import models
+
+    cfg = load_config(ServeConfig, ROOT / "jobs/serve/tiny_cpu.yaml", EVALUATOR)
+    evaluator = models.llm_config(cfg, "evaluator").engine_kwargs
+    assert evaluator["mm_processor_kwargs"] == QWEN2_VL_BOUNDS and evaluator["limit_mm_per_prompt"] == {"image": 1}
+    synthesizer = models.llm_config(cfg, "synthesizer").engine_kwargs
+    assert synthesizer == engine.engine_kwargs(cfg.synthesizer, multimodal=True)
+    assert "mm_processor_kwargs" not in synthesizer
+    assert "mm_processor_kwargs" not in models.llm_config(cfg, "judge").engine_kwargs
+    mine = load_config(ServeConfig, ROOT / "jobs/serve/tiny_cpu.yaml",
+                       EVALUATOR + ["evaluator.engine_kwargs={mm_processor_kwargs: {max_pixels: 3136}}"])
+    assert models.llm_config(mine, "evaluator").engine_kwargs["mm_processor_kwargs"] == {"max_pixels": 3136}
 
 
 # ---------------------------------------------------------------- the running service
@@ -222,6 +245,7 @@ def overrides(tiny_qwen2_vl, tiny_text, cache_dir, sample_image) -> list[str]:
         f"synthesizer.model={synthesizer}", "synthesizer.tiny=null", f"judge.model={tiny_text}", "judge.tiny=null",
         f"ingress.api_key={KEY}", "ingress.max_ongoing_requests=4", "ingress.max_queued_requests=4",
         "ingress.max_request_bytes=1048576", f"images.max_decoded_pixels={512 * 512}",
+        "ingress.image_url_domains=[127.0.0.1]",  # the operator lists the test's image server by its IP
     ]
 
 
@@ -446,32 +470,96 @@ def test_bad_requests_get_4xx_naming_the_field(service, sample_image):
         assert after.status_code == 200 and after.json()["error"] is None
 
 
-def test_a_burst_is_answered_or_refused_with_retry_after(service, sample_image):
-    """64 requests at once against 4 running + 4 queued (counted once each body is in, so the first 8 hold
-    their places while the other 56 arrive): each gets 200 or the JSON 503 with Retry-After."""
+@pytest.fixture(scope="module")
+def image_server(sample_image):
+    from test_serving_security import ImageServer
+
+    server = ImageServer(sample_image[0])
+    yield server
+    server.close()
+
+
+def chat_body(url: str, max_tokens: int = 4) -> dict:
+    return {"model": "synthesizer", "temperature": 0.0, "max_tokens": max_tokens, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "Describe the image."}]}]}
+
+
+def test_an_image_on_a_listed_address_is_fetched(service, image_server, sample_image):
+    """ingress.image_url_domains lists 127.0.0.1: an image there is fetched and answered as the same image
+    sent inline; an address not listed is refused with a 400 naming the field and never contacted."""
+    image, _ = sample_image
+    with client() as http:
+        fetched = http.post(service["url"] + "/v1/chat/completions",
+                            json=chat_body(f"http://127.0.0.1:{image_server.port}/x.png"))
+        inline = http.post(service["url"] + "/v1/chat/completions", json=chat_body("data:image/png;base64," + b64(image)))
+        assert fetched.status_code == inline.status_code == 200, fetched.text
+        assert fetched.json()["choices"][0]["message"] == inline.json()["choices"][0]["message"]
+        assert fetched.json()["usage"]["prompt_tokens"] == inline.json()["usage"]["prompt_tokens"]
+        assert image_server.hits == ["/x.png"]
+        for host in (f"127.0.0.2:{image_server.port}", f"localhost:{image_server.port}"):
+            r = http.post(service["url"] + "/v1/chat/completions", json=chat_body(f"http://{host}/x.png"))
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["param"] == "messages[0].content[0].image_url.url", r.text
+        assert image_server.hits == ["/x.png"]
+
+
+def test_a_burst_beyond_running_and_queued_gets_json_503(service, image_server, sample_image):
+    """4 running + 4 queued: 4 chat requests hold the running slots (their image is fetched from a server
+    that answers only when the test lets it), then 8 synthesize requests arrive at once: 4 wait in the
+    queue and exactly 4 get the JSON 503 with Retry-After, whatever the machine's speed. Once the images are
+    served, every admitted request is answered."""
     import httpx
 
     image, _ = sample_image
+    hold = chat_body(f"http://127.0.0.1:{image_server.port}/hold.png")
+    synth = {"image": b64(image), "caption": CAPTION_TEXT, "judge": False}
+    before = len(image_server.hits)
 
     async def burst():
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
         async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}, timeout=300, limits=limits) as http:
-            return await asyncio.gather(*[
-                http.post(service["url"] + "/v1/synthesize",
-                          json={"image": b64(image), "caption": f"{CAPTION_TEXT} {i}", "judge": False})
-                for i in range(64)])
+            holders = [asyncio.create_task(http.post(service["url"] + "/v1/chat/completions", json=hold))
+                       for _ in range(4)]
+            for _ in range(600):  # the 4 running slots are held once the server has seen the 4 fetches
+                if image_server.hits[before:].count("/hold.png") == 4:
+                    break
+                await asyncio.sleep(0.05)
+            assert image_server.hits[before:].count("/hold.png") == 4, image_server.hits
+            rest = [asyncio.create_task(http.post(service["url"] + "/v1/synthesize", json={**synth, "id": f"b{i}"}))
+                    for i in range(8)]
+            refused = []
+            for done in asyncio.as_completed(rest):  # nothing can finish before the images are served
+                refused.append(await done)
+                if len(refused) == 4:
+                    break
+            image_server.release.set()
+            return await asyncio.gather(*holders), refused, await asyncio.gather(*rest)
 
-    responses = asyncio.run(burst())
-    statuses = [r.status_code for r in responses]
-    assert len(responses) == 64 and set(statuses) <= {200, 503}, statuses
-    assert statuses.count(200) >= 4 and statuses.count(503) >= 1, statuses
-    for r in responses:
-        if r.status_code == 503:
-            assert r.headers["retry-after"] == "1" and r.json()["error"]["code"] == 503, r.text
-        else:
-            assert r.json()["example"] is not None
+    try:
+        held, refused, answered = asyncio.run(burst())
+    finally:
+        image_server.release.set()
+    for r in refused:
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert r.json()["error"]["type"] == "overloaded" and r.json()["error"]["code"] == 503, r.text
+    assert [r.status_code for r in held] == [200] * 4, [r.text for r in held]
+    assert sorted(r.status_code for r in answered) == [200] * 4 + [503] * 4
+    assert all(r.json()["example"] is not None for r in answered if r.status_code == 200)
     with client() as http:
         assert http.get(service["url"] + "/healthz").status_code == 200
+
+
+def test_the_deployed_evaluator_carries_the_pixel_bounds(service, overrides):
+    """The evaluator's deployment as Serve gets it (ray.serve.llm's builder, from the config): its engine
+    kwargs carry the family's pixel bounds."""
+    from adamllm_ray.serving import models
+
+    cfg = load_config(ServeConfig, ROOT / "jobs/serve/tiny_cpu.yaml", overrides + EVALUATOR)
+    deployments, cards = models.model_deployments(cfg)
+    llm_config = deployments["evaluator"]._bound_deployment.init_kwargs["llm_config"]
+    assert llm_config.engine_kwargs["mm_processor_kwargs"] == QWEN2_VL_BOUNDS
+    assert "mm_processor_kwargs" not in deployments["synthesizer"]._bound_deployment.init_kwargs[
+        "llm_config"].engine_kwargs
 
 
 def test_shutdown_closes_the_port_and_ends_every_process(service):
