@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import concurrent.futures
 import contextlib
+import functools
 import http.client
 import ipaddress
 import socket
@@ -25,6 +27,7 @@ from adamllm_ray.serving.requests import RequestError, check_image
 
 TEXT_PARTS = ("text", "input_text")
 FETCH_TIMEOUT_S = 10.0
+FETCH_THREADS = 64  # beyond it chat requests with images wait for a thread; admission bounds them anyway
 
 
 def data_url(image: bytes) -> str:
@@ -183,8 +186,17 @@ def _check_messages(messages: Any, limits: ImageLimits, domains: list[str], max_
 
 
 async def checked_messages(messages: Any, limits: ImageLimits, domains: list[str], max_bytes: int) -> list:
-    """`_check_messages` off the event loop when there is an image to decode."""
+    """`_check_messages` off the event loop when there is an image to decode; with an allowed domain in
+    its own threads, so slow remote servers cannot hold the threads every other request decodes in."""
     if not isinstance(messages, list) or not any(isinstance(m, dict) and isinstance(m.get("content"), list)
                                                  for m in messages):
         return _check_messages(messages, limits, domains, max_bytes)
+    if domains:
+        return await asyncio.get_running_loop().run_in_executor(
+            _fetchers(), _check_messages, messages, limits, domains, max_bytes)
     return await asyncio.to_thread(_check_messages, messages, limits, domains, max_bytes)
+
+
+@functools.cache
+def _fetchers() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="image-fetch")
