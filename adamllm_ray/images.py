@@ -4,8 +4,9 @@ Checks, in order: empty bytes, unrecognised format, decompression bomb (declared
 limit, checked before any pixel is decoded), aspect ratio (Qwen2-VL's processor refuses over 200,
 and vLLM then reports an empty error), truncated or corrupt data (full decode). Then the image is
 turned upright (EXIF orientation), brought to 8-bit RGB by scaling (a 16-bit scan clipped by
-`convert("RGB")` comes out white), and downscaled to the pixel cap. Images that are already upright
-8-bit RGB PNG/JPEG within the cap keep their original bytes (no re-encoding on the hot path)."""
+`convert("RGB")` comes out white), and downscaled to the pixel cap. Upright PNG/JPEG images within the
+cap whose plain RGB conversion is already right (RGB, grayscale, palette without transparency, CMYK)
+keep their source bytes: no re-encoding on the hot path, and images/ holds the bytes the corpus had."""
 
 from __future__ import annotations
 
@@ -90,7 +91,10 @@ def to_rgb8(img: Image.Image) -> Image.Image:
 
 def decode(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
     """The validated image, upright, as 8-bit RGB, within the pixel cap."""
-    img = _open(data, limits)
+    return _normalised(_open(data, limits), limits)
+
+
+def _normalised(img: Image.Image, limits: ImageLimits) -> Image.Image:
     if _rotated(img):
         img = ImageOps.exif_transpose(img)
     img = to_rgb8(img)
@@ -101,19 +105,33 @@ def decode(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
     return img
 
 
-def validate(data: bytes, limits: ImageLimits = ImageLimits()) -> bytes:
-    """Bytes of a valid upright RGB image within the cap: the original bytes when they already are one."""
-    img = _open(data, limits)
+# Modes whose plain `convert("RGB")` (what `to_pil` does) gives exactly what `to_rgb8` gives: no
+# 16-bit or float range to scale, no transparency to put on white.
+KEPT_MODES = ("RGB", "L", "1", "CMYK", "YCbCr")
+
+
+def keeps_source(img: Image.Image, limits: ImageLimits) -> bool:
+    """Whether the source bytes themselves can go to images/ and the engine: a PNG or JPEG (the
+    extensions train.json names), upright, within the cap, in a mode `to_pil` turns into the same
+    RGB pixels `decode` would (a palette without transparency included)."""
     w, h = img.size
-    if img.mode == "RGB" and img.format in ("PNG", "JPEG") and w * h <= limits.max_pixels and not _rotated(img):
+    plain = img.mode in KEPT_MODES or (img.mode == "P" and "transparency" not in img.info)
+    return plain and img.format in ("PNG", "JPEG") and w * h <= limits.max_pixels and not _rotated(img)
+
+
+def validate(data: bytes, limits: ImageLimits = ImageLimits()) -> bytes:
+    """Bytes of a valid upright image within the cap that `to_pil` decodes to 8-bit RGB: the source
+    bytes whenever the format allows, else a re-encoding of the decoded image (one decode either way)."""
+    img = _open(data, limits)
+    if keeps_source(img, limits):
         return data
-    img = decode(data, limits)
+    img = _normalised(img, limits)
     buf = io.BytesIO()
     img.save(buf, format=limits.reencode_format)
     return buf.getvalue()
 
 
 def to_pil(data: bytes) -> Image.Image:
-    """Decode bytes that `validate` already accepted."""
+    """Decode bytes that `validate` already accepted, once, into the RGB image vLLM takes."""
     img = Image.open(io.BytesIO(data))
     return img if img.mode == "RGB" else img.convert("RGB")

@@ -63,3 +63,36 @@ def test_aspect_ratio_over_200_is_refused_with_the_ratio():
     with pytest.raises(images.ImageError, match=r"aspect ratio 3000:8 \(375 to 1\) is over 200 to 1"):
         images.validate(png(Image.new("RGB", (3000, 8))))
     assert images.validate(png(Image.new("RGB", (1600, 8))))  # 200 to 1 is accepted
+
+
+def _jpeg(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_source_bytes_kept_where_the_format_allows_and_decode_to_the_same_pixels():
+    rng = np.random.default_rng(0)
+    gray = Image.fromarray(rng.integers(0, 256, (12, 10), dtype=np.uint8), "L")
+    palette = Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8), "RGB").quantize(16)
+    kept = {"RGB PNG": png(gray.convert("RGB")), "grayscale PNG": png(gray), "palette PNG": png(palette),
+            "grayscale JPEG": _jpeg(gray), "CMYK JPEG": _jpeg(gray.convert("CMYK")), "RGB JPEG": _jpeg(gray.convert("RGB"))}
+    for name, data in kept.items():
+        assert images.validate(data) == data, f"{name}: the source bytes, not a re-encoding"
+        assert np.array_equal(np.asarray(images.to_pil(data)), np.asarray(images.decode(data))), name
+    see_through = palette.copy()
+    see_through.info["transparency"] = 0
+    for name, img in {"RGBA": gray.convert("RGBA"), "palette with transparency": see_through,
+                      "16-bit": Image.fromarray(np.full((4, 4), 600, dtype=np.uint16))}.items():
+        data = png(img)
+        out = images.validate(data)
+        assert out != data, f"{name}: plain RGB conversion would be wrong, so it is re-encoded"
+        assert np.array_equal(np.asarray(images.to_pil(out)), np.asarray(images.decode(data))), name
+
+
+def test_validate_decodes_each_image_once(monkeypatch):
+    opened = []
+    real = Image.open
+    monkeypatch.setattr(Image, "open", lambda fp, *a, **kw: opened.append(1) or real(fp, *a, **kw))
+    images.validate(png(Image.new("LA", (8, 8))))  # re-encoded: still opened and decoded once
+    assert len(opened) == 1, opened
