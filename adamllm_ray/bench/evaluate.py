@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from adamllm_ray.bench.synthesis import run_bare
+from adamllm_ray.bench.synthesis import run_bare, side_cpu_ms_per_row, stage_cpu_ms_per_row
 from adamllm_ray.config import validate
 from adamllm_ray.evaluation.config import EvaluateConfig
 from adamllm_ray.embedded import tiny
@@ -61,8 +61,9 @@ def _config(tmp: Path) -> dict:
             "tasks": [{"name": t, "data": str(tmp / "bench" / t), "max_new_tokens": TOKENS} for t in TASK_NAMES]}
 
 
-def stream_rate(cfg: EvaluateConfig) -> tuple[float, int]:
-    """Steady rows/s of the evaluate stream of the first model over every task, and rows seen."""
+def stream_rate(cfg: EvaluateConfig) -> tuple[float, int, dict[str, float]]:
+    """Steady rows/s of the evaluate stream of the first model over every task, rows seen, and CPU ms
+    per row of each stage."""
     plans = [benchmark.plan_task(t) for t in cfg.tasks]
     model = cfg.models[0]
     ds = run.inference_stage(model, plans)(run.read_stage(plans, cfg.images))
@@ -70,7 +71,7 @@ def stream_rate(cfg: EvaluateConfig) -> tuple[float, int]:
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         times.extend([time.perf_counter()] * batch.num_rows)
     rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
-    return rate, len(times)
+    return rate, len(times), stage_cpu_ms_per_row(ds, len(times))
 
 
 def bench_evaluate(rows: int) -> dict:
@@ -94,7 +95,7 @@ def bench_evaluate(rows: int) -> dict:
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
         try:
             ray.data.DataContext.get_current().enable_progress_bars = False
-            rate, seen = stream_rate(cfg)
+            rate, seen, cpu = stream_rate(cfg)
         finally:
             ray.shutdown()
     return {
@@ -104,4 +105,5 @@ def bench_evaluate(rows: int) -> dict:
         "bare_vllm_rows_per_s": round(bare_rate, 1), "evaluate_stream_rows_per_s": round(rate, 1),
         "stream_rows": seen, "efficiency_stream_over_bare": round(rate / bare_rate, 3),
         "efficiency_target": EFFICIENCY_TARGET,
+        "stage_cpu_ms_per_row": cpu, "side_stage_cpu_ms_per_row": side_cpu_ms_per_row(cpu),
     }
