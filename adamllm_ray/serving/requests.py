@@ -94,9 +94,10 @@ UNION_FIELDS = {"image": "must be base64 text or a file part", "id": "must be a 
 
 
 def validated(model: type[BaseModel], data: dict) -> Any:
-    """The body as `model`, or a RequestError naming the first field at fault (with its list index)."""
+    """The body as `model`, or a RequestError naming the first field at fault (with its list index). A
+    JSON null is a field not given."""
     try:
-        return model.model_validate(data)
+        return model.model_validate({k: v for k, v in data.items() if v is not None})
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
     name = str(first["loc"][0]) if first["loc"] else "body"
