@@ -68,7 +68,7 @@ def test_every_family_loads_and_takes_one_training_step(family, family_models):
 
     from adamllm_ray.training.config import TrainConfig
     from adamllm_ray.families import get_family
-    from adamllm_ray.training.data import IGNORE, encode_example
+    from adamllm_ray.training.masks import IGNORE, encode_example
     from adamllm_ray.training.loop import param_groups
 
     path = family_models[family]

@@ -21,7 +21,7 @@ from adamllm_ray.config import ConfigError, validate
 from adamllm_ray.training.config import TrainConfig, TrainDataConfig
 from adamllm_ray.embedded.training_set import write_training_set
 from adamllm_ray.families import HINTS, get_family
-from adamllm_ray.training import data
+from adamllm_ray.training import data, download, masks
 from adamllm_ray.training.loop import TrainState, cosine_with_warmup, param_groups
 
 QWEN = get_family("qwen2_vl")
@@ -39,7 +39,7 @@ QA = [{"question": "What color is the circle?", "kind": "precise", "answer": "Re
 
 @pytest.fixture(scope="module")
 def processor(tiny_qwen2_vl):
-    return data.load_processor(tiny_qwen2_vl)
+    return download.load_processor(tiny_qwen2_vl)
 
 
 def red() -> Image.Image:
@@ -49,9 +49,9 @@ def red() -> Image.Image:
 def labeled(enc, processor) -> tuple[str, str]:
     """(text of the tokens with labels, text of the ones without)."""
     ids, labels = enc["tensors"]["input_ids"][0], enc["tensors"]["labels"][0]
-    on = [int(i) for i, lab in zip(ids, labels) if lab != data.IGNORE]
-    off = [int(i) for i, lab in zip(ids, labels) if lab == data.IGNORE]
-    assert all(lab == i for i, lab in zip(ids, labels) if lab != data.IGNORE)  # labels are the input ids
+    on = [int(i) for i, lab in zip(ids, labels) if lab != masks.IGNORE]
+    off = [int(i) for i, lab in zip(ids, labels) if lab == masks.IGNORE]
+    assert all(lab == i for i, lab in zip(ids, labels) if lab != masks.IGNORE)  # labels are the input ids
     return processor.tokenizer.decode(on), processor.tokenizer.decode(off)
 
 
@@ -59,7 +59,7 @@ def labeled(enc, processor) -> tuple[str, str]:
 
 
 def test_single_stage_labels_are_exactly_the_assistant_answers(processor):
-    enc = data.encode_example(CONVERSATION, [red()], processor, QWEN, max_length=4096)
+    enc = masks.encode_example(CONVERSATION, [red()], processor, QWEN, max_length=4096)
     on, off = labeled(enc, processor)
     assert on == f"{CAPTION}<|im_end|>\nRed.<|im_end|>\n"
     assert off.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
@@ -71,7 +71,7 @@ def test_single_stage_labels_are_exactly_the_assistant_answers(processor):
     assert enc["num_label_tokens"] == sum(len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers)
     t = enc["tensors"]
     n_image = int(t["image_grid_thw"][0].prod()) // 4  # 2x2 patches merge into one token
-    assert (t["input_ids"][0] == data.image_token_id(processor)).sum() == n_image
+    assert (t["input_ids"][0] == masks.image_token_id(processor)).sum() == n_image
     assert t["input_ids"].shape == t["labels"].shape == t["attention_mask"].shape == t["mm_token_type_ids"].shape
     assert not enc["truncated"]
 
@@ -82,7 +82,7 @@ def test_synthesizer_tuning_trains_everything_after_the_first_round(processor):
     for qa in QA:
         msgs += [{"role": "user", "content": f"{HINTS[qa['kind']]}\n{qa['question']}"},
                  {"role": "assistant", "content": qa["answer"]}]
-    enc = data.encode_example(msgs, [red()], processor, QWEN, max_length=4096, synthesizer=True)
+    enc = masks.encode_example(msgs, [red()], processor, QWEN, max_length=4096, synthesizer=True)
     on, off = labeled(enc, processor)
     fam = get_family("qwen2_vl")
     seed = fam.format_seed_conversation(CAPTION, QA)
@@ -96,28 +96,28 @@ def test_synthesizer_tuning_trains_everything_after_the_first_round(processor):
 def test_truncation_keeps_the_image_and_counts(processor):
     long = [{"role": "user", "content": "<image>\nDescribe the image."},
             {"role": "assistant", "content": CAPTION * 20}]
-    full = data.encode_example(long, [red()], processor, QWEN, max_length=4096)
-    cut = data.encode_example(long, [red()], processor, QWEN, max_length=60)
+    full = masks.encode_example(long, [red()], processor, QWEN, max_length=4096)
+    cut = masks.encode_example(long, [red()], processor, QWEN, max_length=60)
     assert cut["truncated"] and not full["truncated"] and cut["num_tokens"] == 60
     for key in ("input_ids", "labels", "attention_mask", "mm_token_type_ids"):
         assert cut["tensors"][key].shape == (1, 60)
         assert (cut["tensors"][key] == full["tensors"][key][:, :60]).all()
     assert (cut["tensors"]["pixel_values"] == full["tensors"]["pixel_values"]).all()
-    with pytest.raises(data.SkipExample) as err:  # the image and prompt alone are over the limit
-        data.encode_example(long, [red()], processor, QWEN, max_length=20)
+    with pytest.raises(masks.SkipExample) as err:  # the image and prompt alone are over the limit
+        masks.encode_example(long, [red()], processor, QWEN, max_length=20)
     assert err.value.kind == "too_long" and "max_length 20" in err.value.message
-    prompt = next(k for k, lab in enumerate(full["tensors"]["labels"][0]) if lab != data.IGNORE)  # tokens before the answer
-    with pytest.raises(data.SkipExample) as err:  # the answer starts right after the limit
-        data.encode_example(long, [red()], processor, QWEN, max_length=prompt)
+    prompt = next(k for k, lab in enumerate(full["tensors"]["labels"][0]) if lab != masks.IGNORE)  # tokens before the answer
+    with pytest.raises(masks.SkipExample) as err:  # the answer starts right after the limit
+        masks.encode_example(long, [red()], processor, QWEN, max_length=prompt)
     assert err.value.kind == "too_long" and "no answer token" in err.value.message
-    one = data.encode_example(long, [red()], processor, QWEN, max_length=prompt + 1)
+    one = masks.encode_example(long, [red()], processor, QWEN, max_length=prompt + 1)
     assert one["truncated"] and one["num_label_tokens"] == 1
 
 
 def test_image_tags_become_image_parts():
-    assert data.to_chat([{"role": "user", "content": "<image>\nHi"}], 1)[0]["content"] == [
+    assert masks.to_chat([{"role": "user", "content": "<image>\nHi"}], 1)[0]["content"] == [
         {"type": "image"}, {"type": "text", "text": "\nHi"}]
-    assert data.to_chat([{"role": "user", "content": "Hi"}], 1)[0]["content"] == [
+    assert masks.to_chat([{"role": "user", "content": "Hi"}], 1)[0]["content"] == [
         {"type": "image"}, {"type": "text", "text": "Hi"}]
 
 
@@ -184,7 +184,7 @@ def test_blank_images_in_synthesizer_tuning(tmp_path):
         assert lo <= sum(e["blank"] for e in data.plan(entries, cfg, 1).examples) <= hi
     red().save(tmp_path / "r.png")
     ex = {"images": ["r.png"], "image_dir": str(tmp_path), "blank": True}
-    img = data.load_images(ex, TrainDataConfig(path="x").images)[0]
+    img = download.load_images(ex, TrainDataConfig(path="x").images)[0]
     assert img.size == (64, 64) and img.getcolors() == [(64 * 64, (255, 255, 255))]
     with pytest.raises(ValueError, match="single_stage"):
         data.plan(entries, TrainDataConfig(path="x", synthesizer_tuning=True, mode="two_stage"), 1)
@@ -216,7 +216,7 @@ def test_collate_pads_and_concatenates():
          "pixel_values": np.zeros((4, 2)), "image_grid_thw": np.array([[1, 2, 2]])}
     b = {"input_ids": np.array([[8]]), "labels": np.array([[8]]), "attention_mask": np.ones((1, 1), int),
          "pixel_values": np.ones((8, 2)), "image_grid_thw": np.array([[1, 2, 4]])}
-    batch = data.collate([a, b], QWEN, pad_id=0)
+    batch = masks.collate([a, b], QWEN, pad_id=0)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
@@ -313,7 +313,7 @@ def test_ray_data_stage_counts_bad_rows(ray_local, tiny_qwen2_vl, tmp_path):
     assert by_id["long"]["truncated"] and by_id["long"]["num_tokens"] == 160
     good = [r for r in rows if r["skip"] is None]
     assert len(good) == 7 and sum(r["truncated"] for r in good) == 1
-    assert all(data.unpack(r)["labels"].shape == data.unpack(r)["input_ids"].shape for r in good)
+    assert all(masks.unpack(r)["labels"].shape == masks.unpack(r)["input_ids"].shape for r in good)
 
 
 def write_job(tmp_path: Path, name: str, body: dict) -> Path:

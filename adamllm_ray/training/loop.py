@@ -196,12 +196,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     from adamllm_ray import storage
     from adamllm_ray.training.config import TrainConfig
-    from adamllm_ray.training import data
+    from adamllm_ray.training.download import load_processor, local_model
+    from adamllm_ray.training.masks import collate, unpack
     from adamllm_ray.families import get_family
 
     cfg = TrainConfig.model_validate(loop_config["config"])
     total_steps = loop_config["total_steps"]
-    model_path = data.local_model(cfg.model)
+    model_path = local_model(cfg.model)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if not cfg.scaling.use_gpu:
@@ -224,7 +225,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total_steps, cfg.optim.warmup_ratio))
     engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                            config=ds_config)
-    processor = data.load_processor(model_path)
+    processor = load_processor(model_path)
     pad_id = processor.tokenizer.pad_token_id
     pad_id = pad_id if pad_id is not None else processor.tokenizer.eos_token_id
 
@@ -297,7 +298,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         t_data = time.perf_counter() - t0
         loss_sum, tokens = 0.0, 0
         for rows_ in micro:
-            batch = data.collate([data.unpack(r) for r in rows_], family, pad_id)
+            batch = collate([unpack(r) for r in rows_], family, pad_id)
             batch = {k: v.to(device, dtype=dtype if v.is_floating_point() else None) for k, v in batch.items()}
             loss = engine(**batch).loss
             engine.backward(loss)
