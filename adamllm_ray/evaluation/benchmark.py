@@ -37,11 +37,11 @@ from typing import Any, Iterator
 from adamllm_ray import images, records, storage
 from adamllm_ray.config import ImageLimits
 from adamllm_ray.evaluation.config import EvalTaskConfig
+from adamllm_ray.evaluation.benchmark_files import (FILE_SUFFIXES, VOCABULARY_FILE, BenchmarkError, _batches,
+                                                    _open_arrow, file_rows, file_schema, load_vocabulary)
 from adamllm_ray.evaluation.prompts import prompt_text
 from adamllm_ray.evaluation.tasks import RecordError, get_task
 
-FILE_SUFFIXES = (".parquet", ".arrow")
-VOCABULARY_FILE = "vocabulary.json"
 CHUNK_ROWS = 256
 PMC_OPTION_COLUMNS = ("A", "B", "C", "D")
 VOCABULARY_TASKS = ("nutrition5k", "food101", "foodseg103")  # may take names from the vocabulary file
@@ -60,10 +60,6 @@ NEEDS = {
     "food101": ("image", "options", "label"),
     "foodseg103": ("image", "options", "label"),
 }
-
-
-class BenchmarkError(ValueError):
-    """A benchmark folder the job cannot use at all (missing, unreadable, a column missing)."""
 
 
 @dataclass
@@ -99,51 +95,6 @@ class TaskPlan:
 # ---------------------------------------------------------------- the driver's look at a folder
 
 
-def _open_arrow(fs, path: str):
-    """A reader over an arrow IPC file or stream (Hugging Face writes streams)."""
-    import pyarrow as pa
-
-    with fs.open_input_stream(path) as f:
-        magic = f.read(6)
-    if magic == b"ARROW1":
-        return pa.ipc.open_file(fs.open_input_file(path))
-    return pa.ipc.open_stream(fs.open_input_stream(path))
-
-
-def _batches(reader) -> Iterator:
-    import pyarrow as pa
-
-    if isinstance(reader, pa.ipc.RecordBatchFileReader):
-        for i in range(reader.num_record_batches):
-            yield reader.get_batch(i)
-    else:
-        yield from reader
-
-
-def file_schema(uri: str):
-    import pyarrow.parquet as pq
-
-    fs, path = storage.filesystem(uri)
-    if uri.endswith(".parquet"):
-        return pq.ParquetFile(fs.open_input_file(path)).schema_arrow
-    return _open_arrow(fs, path).schema
-
-
-def file_rows(uri: str, at_most: int | None = None) -> int:
-    """Rows in a file: parquet from its footer; arrow by reading batches (stops at `at_most`)."""
-    import pyarrow.parquet as pq
-
-    fs, path = storage.filesystem(uri)
-    if uri.endswith(".parquet"):
-        return pq.ParquetFile(fs.open_input_file(path)).metadata.num_rows
-    n = 0
-    for batch in _batches(_open_arrow(fs, path)):
-        n += batch.num_rows
-        if at_most is not None and n >= at_most:
-            break
-    return n
-
-
 def _resolve_columns(task: str, names: list[str], has_vocabulary: bool) -> tuple[dict, list[str]]:
     """(field -> column, missing fields described)."""
     columns, missing = {}, []
@@ -177,26 +128,6 @@ def _needs_text(task: str) -> str:
             parts.append(" or ".join(ALIASES[need]) + (" (or the vocabulary file)" if need == "options" else "")
                          + (" (or input)" if need == "question" else ""))
     return ", ".join(parts)
-
-
-def load_vocabulary(uri: str) -> tuple[list[str], dict[int, int] | None]:
-    """(phrases, label id -> position or None): a JSON list, or an object {"id": phrase}."""
-    try:
-        data = json.loads(storage.read_bytes(uri))
-    except (OSError, FileNotFoundError) as err:
-        raise BenchmarkError(f"cannot read vocabulary file {uri}: {err}") from None
-    except ValueError as err:
-        raise BenchmarkError(f"vocabulary file {uri} is not valid JSON: {err}") from None
-    if isinstance(data, list) and data and all(isinstance(p, str) for p in data):
-        return data, None
-    if isinstance(data, dict) and data and all(isinstance(p, str) for p in data.values()):
-        try:
-            keyed = sorted((int(k), p) for k, p in data.items())
-        except ValueError:
-            raise BenchmarkError(f"vocabulary file {uri}: the keys of an object must be integer ids") from None
-        return [p for _, p in keyed], {k: i for i, (k, _) in enumerate(keyed)}
-    raise BenchmarkError(f"vocabulary file {uri} must hold a non-empty JSON list of strings or an object "
-                         "{\"id\": \"phrase\"}")
 
 
 def plan_task(cfg: EvalTaskConfig) -> TaskPlan:
