@@ -52,7 +52,8 @@ def test_cli_reports_config_errors_without_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "adamllm_ray.cli", "synthesize", "--config", str(p)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
-    assert "unknown key 'typo_key'" in r.stderr and "Traceback" not in r.stderr
+    assert r.stdout == ""
+    assert r.stderr == f"adamllm synthesize: config error:\n{p}: unknown key 'typo_key'\n", r.stderr
 
 
 def test_relative_paths_resolve_against_the_command_directory(tmp_path):

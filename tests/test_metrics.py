@@ -387,11 +387,20 @@ def test_build_prompt_text():
         build_prompt_text("vqa", {"question": "?"})
 
 
-def test_bench_score_runs_every_task():
-    from adamllm_ray.bench.score import bench_score
+def test_bench_score_reports_each_tasks_own_scores():
+    """`adamllm bench score` times the tasks' own scorers on seeded records: the scores it reports are
+    what each task gives those records, and the ratio is the rate over the task's target."""
+    from adamllm_ray.bench.score import TARGETS, bench_score, synthetic_records
 
     result = bench_score(20)
     assert list(result["tasks"]) == list(TASKS)
     for name, measured in result["tasks"].items():
-        assert measured["rows"] == 20
-        assert set(measured["scores"]) == set(TASKS[name].score_keys)
+        records = synthetic_records(name, 20)
+        assert measured["rows"] == len(records) == 20
+        assert measured["scores"] == TASKS[name].score(records)["scores"]
+        assert all(v is None or 0 <= v <= 100 for v in measured["scores"].values())
+        if TARGETS[name]:
+            assert measured["ratio"] == pytest.approx(measured["predictions_per_s"] / TARGETS[name], abs=0.01)
+        else:
+            assert measured["ratio"] is None
+    assert result["min_ratio"] == min(t["ratio"] for t in result["tasks"].values() if t["ratio"] is not None)

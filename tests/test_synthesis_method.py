@@ -908,9 +908,22 @@ def test_failed_row_passes_through():
 
 
 def test_bench_rows_parse_like_real_output():
+    """The benchmark's rows are synthesizer output in the family's format: a whole output parses to
+    pairs that, written out again in that format, are the output itself; an output cut by the token
+    limit parses to the pairs before the cut; a question asked both ways gives its triplet."""
     from adamllm_ray.bench.method import sample_rows
 
     rows = sample_rows(200, "qwen2_vl", seed=1)
-    parsed = [parse_output(r["raw_output"], QWEN) for r in rows]
-    assert sum(bool(p) for p in parsed) > 180
-    assert sum(pair_triplet(p, QWEN) is not None for p in parsed) > 50
+    whole = cut = 0
+    for r in rows:
+        pairs = parse_output(r["raw_output"], QWEN)
+        written = QWEN.format_turns(pairs) if pairs else ""
+        assert r["raw_output"].startswith(written), r["raw_output"][:200]
+        whole += written == r["raw_output"]
+        cut += written != r["raw_output"]
+        asked_both = {q for q in {p["question"] for p in pairs}
+                      if {p["kind"] for p in pairs if p["question"] == q} == {"precise", "informative"}}
+        triplet = pair_triplet(pairs, QWEN)
+        assert (triplet is not None) == bool(asked_both)
+        assert triplet is None or triplet["question"] in asked_both
+    assert whole > 0 and cut > 0 and whole + cut == len(rows)
