@@ -40,26 +40,14 @@ from adamllm_ray.evaluation.config import EvalTaskConfig
 from adamllm_ray.evaluation.benchmark_files import (FILE_SUFFIXES, VOCABULARY_FILE, BenchmarkError, _batches,
                                                     _open_arrow, file_rows, file_schema, load_vocabulary)
 from adamllm_ray.evaluation.prompts import prompt_text
-from adamllm_ray.evaluation.tasks import RecordError, get_task
+from adamllm_ray.evaluation.tasks import RecordError, Task, get_task
 
 CHUNK_ROWS = 256
-PMC_OPTION_COLUMNS = ("A", "B", "C", "D")
-VOCABULARY_TASKS = ("nutrition5k", "food101", "foodseg103")  # may take names from the vocabulary file
 
 # field -> accepted column names, in order of preference
 ALIASES = {"image": ("image",), "question": ("question",), "label": ("label",),
            "answer_type": ("answer_type",), "options": ("options",), "id": ("id",), "input": ("input",)}
 OPTIONAL = ("id", "input")
-NEEDS = {
-    "slake": ("image", "question", "label", "answer_type"),
-    "pathvqa": ("image", "question", "label", "answer_type"),
-    "vqa_rad": ("image", "question", "label", "answer_type"),
-    "pmc_vqa": ("image", "question", "options", "label"),
-    "recipe1m": ("image", "question", "label"),
-    "nutrition5k": ("image", "label"),
-    "food101": ("image", "options", "label"),
-    "foodseg103": ("image", "options", "label"),
-}
 
 
 @dataclass
@@ -95,17 +83,17 @@ class TaskPlan:
 # ---------------------------------------------------------------- the driver's look at a folder
 
 
-def _resolve_columns(task: str, names: list[str], has_vocabulary: bool) -> tuple[dict, list[str]]:
+def _resolve_columns(task: Task, names: list[str], has_vocabulary: bool) -> tuple[dict, list[str]]:
     """(field -> column, missing fields described)."""
     columns, missing = {}, []
-    for need in NEEDS[task] + OPTIONAL:
-        if task == "pmc_vqa" and need == "options":
+    for need in task.columns + OPTIONAL:
+        if need == "options" and task.option_columns:
             if "options" in names:
                 columns["options"] = "options"
-            elif all(c in names for c in PMC_OPTION_COLUMNS):
-                columns["options"] = PMC_OPTION_COLUMNS
+            elif all(c in names for c in task.option_columns):
+                columns["options"] = task.option_columns
             else:
-                missing.append("'A', 'B', 'C', 'D' (or 'options')")
+                missing.append(", ".join(f"'{c}'" for c in task.option_columns) + " (or 'options')")
             continue
         found = next((c for c in ALIASES[need] if c in names), None)
         if found:
@@ -119,11 +107,11 @@ def _resolve_columns(task: str, names: list[str], has_vocabulary: bool) -> tuple
     return columns, missing
 
 
-def _needs_text(task: str) -> str:
+def _needs_text(task: Task) -> str:
     parts = []
-    for need in NEEDS[task]:
-        if task == "pmc_vqa" and need == "options":
-            parts.append("A-D (or options)")
+    for need in task.columns:
+        if need == "options" and task.option_columns:
+            parts.append(f"{task.option_columns[0]}-{task.option_columns[-1]} (or options)")
         else:
             parts.append(" or ".join(ALIASES[need]) + (" (or the vocabulary file)" if need == "options" else "")
                          + (" (or input)" if need == "question" else ""))
@@ -133,6 +121,7 @@ def _needs_text(task: str) -> str:
 def plan_task(cfg: EvalTaskConfig) -> TaskPlan:
     """Check a task's folder (files, columns, vocabulary) and count its examples; raise BenchmarkError."""
     task, folder = cfg.name, cfg.data
+    spec = get_task(task)
     try:
         files = storage.list_files(folder, FILE_SUFFIXES)
     except FileNotFoundError:
@@ -143,12 +132,12 @@ def plan_task(cfg: EvalTaskConfig) -> TaskPlan:
         raise BenchmarkError(f"{task}: no parquet or arrow files under benchmark folder {folder}")
 
     vocab_uri = cfg.vocabulary
-    if vocab_uri is None and task in VOCABULARY_TASKS and storage.exists(storage.join(folder, VOCABULARY_FILE)):
+    if vocab_uri is None and spec.vocabulary_file != "none" and storage.exists(storage.join(folder, VOCABULARY_FILE)):
         vocab_uri = storage.join(folder, VOCABULARY_FILE)
     vocabulary, vocabulary_ids = load_vocabulary(vocab_uri) if vocab_uri else (None, None)
-    if task == "nutrition5k" and vocabulary is None:
-        raise BenchmarkError(f"nutrition5k: no vocabulary: set the task's `vocabulary` (a JSON list of the "
-                             f"ingredient names) or put {VOCABULARY_FILE} in {folder}")
+    if spec.vocabulary_file == "required" and vocabulary is None:
+        raise BenchmarkError(f"{task}: no vocabulary: set the task's `vocabulary` (a JSON list of the "
+                             f"scored phrases) or put {VOCABULARY_FILE} in {folder}")
 
     columns: dict | None = None
     for uri in files:
@@ -157,11 +146,11 @@ def plan_task(cfg: EvalTaskConfig) -> TaskPlan:
             names = file_schema(uri).names
         except Exception as err:  # noqa: BLE001 - any reader failure is reported with the file's name
             raise BenchmarkError(f"{task}: cannot read {rel} in benchmark folder {folder}: {err}") from None
-        found, missing = _resolve_columns(task, names, vocabulary is not None)
+        found, missing = _resolve_columns(spec, names, vocabulary is not None)
         if missing:
             raise BenchmarkError(
                 f"{task}: benchmark folder {folder}: {rel} has no {missing[0]} column "
-                f"({task} needs {_needs_text(task)}; {rel} has {', '.join(names)})")
+                f"({task} needs {_needs_text(spec)}; {rel} has {', '.join(names)})")
         if columns is None:
             columns = found
         elif found != columns:
@@ -182,7 +171,7 @@ def plan_task(cfg: EvalTaskConfig) -> TaskPlan:
         planned.append(BenchmarkFile(uri, offset, take))
         offset += n
     return TaskPlan(task, folder, planned, columns, vocabulary, vocabulary_ids, vocab_uri,
-                    cfg.max_new_tokens or get_task(task).max_new_tokens)
+                    cfg.max_new_tokens or spec.max_new_tokens)
 
 
 # ---------------------------------------------------------------- rows into examples
@@ -198,97 +187,18 @@ def example_schema():
                       ("prompt_text", pa.string()), ("image", pa.binary()), (records.ERROR, pa.string())])
 
 
-def _text(value: Any, name: str) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    raise RecordError(f"'{name}' must be text, got {value!r}")
-
-
-def _names(value: Any, name: str) -> list[str]:
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise RecordError(f"'{name}' must be a list, got {value!r}") from None
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-        raise RecordError(f"'{name}' must be a list of strings, got {value!r}")
-    return list(value)
-
-
-def _phrase_labels(value: Any, phrases: list[str], ids: dict[int, int] | None) -> list[str]:
-    """Label names, or label ids (positions, or the ids of a {"id": phrase} vocabulary), as names."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            value = [value]
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value]
-    if not isinstance(value, list | tuple):
-        raise RecordError(f"'label' must be a list of names or ids, got {value!r}")
-    out = []
-    for v in value:
-        if isinstance(v, int) and not isinstance(v, bool):
-            pos = ids.get(v) if ids is not None else (v if 0 <= v < len(phrases) else None)
-            if pos is None:
-                raise RecordError(f"label id {v} is not in the vocabulary ({len(phrases)} phrases)")
-            out.append(phrases[pos])
-        elif isinstance(v, str):
-            out.append(v)
-        else:
-            raise RecordError(f"'label' must be a list of names or ids, got {value!r}")
-    return out
-
-
 def to_example(plan: TaskPlan, values: dict[str, Any], index: int) -> tuple[dict, str]:
     """(prediction record without `prediction`, prompt text) of one row; RecordError for a bad row."""
-    task = plan.task
+    task = get_task(plan.task)
     example_id = values.get("id")
     if example_id is None:
         example_id = index
     elif isinstance(example_id, bool) or not isinstance(example_id, int | str):
         example_id = str(example_id)
-    record: dict[str, Any] = {"id": example_id, "index": index}
-    example: dict[str, Any] = {"input": values.get("input")}
-    has_question = "question" in values
-    shared_vocabulary = False
-    if has_question and task in ("slake", "pathvqa", "vqa_rad", "pmc_vqa", "recipe1m"):
-        example["question"] = _text(values["question"], "question")
-    if task in ("slake", "pathvqa", "vqa_rad"):
-        answer_type = values["answer_type"]
-        record.update(label=_text(values["label"], "label"),
-                      answer_type=answer_type.strip().upper() if isinstance(answer_type, str) else answer_type)
-    elif task == "pmc_vqa":
-        options = [_text(o, "options") for o in values["options"]] if isinstance(values["options"], list | tuple) \
-            else values["options"]
-        example["options"] = options
-        record.update(label=_text(values["label"], "label").strip(), options=options)
-    elif task == "recipe1m":
-        record["label"] = _text(values["label"], "label")
-    elif task == "food101":
-        if values.get("options") is not None:
-            options, ids = _names(values["options"], "options"), None
-        else:
-            options, ids = plan.vocabulary, plan.vocabulary_ids
-        label = values["label"]
-        if isinstance(label, int) and not isinstance(label, bool):
-            pos = ids.get(label) if ids is not None else (label if 0 <= label < len(options) else None)
-            if pos is None:
-                raise RecordError(f"label id {label} is not one of the {len(options)} classes")
-            label = options[pos]
-        example["options"] = options
-        record.update(label=_text(label, "label"), options=options)
-    else:  # nutrition5k, foodseg103
-        if values.get("options") is not None:
-            phrases, ids = _names(values["options"], "options"), None
-        else:
-            phrases, ids, shared_vocabulary = plan.vocabulary, plan.vocabulary_ids, True
-        example["vocabulary"] = phrases
-        record.update(label=_phrase_labels(values["label"], phrases, ids), vocabulary=phrases)
-    get_task(task).check_record({**record, "prediction": ""})
-    text = prompt_text(task, example)
+    fields, example, shared_vocabulary = task.read_example(values, (plan.vocabulary, plan.vocabulary_ids))
+    record: dict[str, Any] = {"id": example_id, "index": index, **fields}
+    task.check_record({**record, "prediction": ""})
+    text = prompt_text(plan.task, {"input": values.get("input"), **example})
     if shared_vocabulary:
         record["vocabulary"] = plan.vocabulary_ref
     return record, text

@@ -161,7 +161,7 @@ def write_pair(out: str, model: EvalModelConfig, plan: TaskPlan, rows: list[dict
             err = json.loads(r[records.ERROR])
             errors.append({"model": model.name, "task": plan.task, "id": record["id"], "index": r["index"],
                            "stage": err["stage"], "message": err["message"]})
-    if plan.vocabulary is not None and plan.task in ("nutrition5k", "foodseg103"):
+    if plan.vocabulary is not None and "vocabulary" in get_task(plan.task).record_fields:  # records point to it
         storage.write_text_atomic(storage.join(out, "predictions", model.name, plan.vocabulary_ref),
                                   json.dumps(plan.vocabulary, ensure_ascii=False, indent=1))
     storage.write_text_atomic(errors_file(out, model.name, plan.task), _jsonl(errors))

@@ -12,18 +12,23 @@ takes its position in the list scored), `prediction` (the model's text), `label`
 - recipe1m: `label` the reference recipe text.
 
 Prompt options are written as "A. text, B. text, C. text, D. text" (PMC-VQA) and as the names
-joined by ", " (Food101 classes with `_` as spaces, FoodSeg103 categories)."""
+joined by ", " (Food101 classes with `_` as spaces, FoodSeg103 categories).
+
+Each task also owns how a benchmark row becomes its example: the fields (columns) it needs, the
+columns that may hold its options, whether it reads the vocabulary file, and its row reader
+(task_rows.py); benchmark readers, the service and `adamllm score` ask the task."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from adamllm_ray.evaluation import metrics
+from adamllm_ray.evaluation import task_rows as rows
+from adamllm_ray.evaluation.task_rows import RecordError, Vocabulary
 
-
-class RecordError(ValueError):
-    """A prediction record (or an example) lacks a field or holds a value the task cannot score."""
+__all__ = ["PAPER_SCORES", "TASKS", "RecordError", "Task", "build_prompt_text", "get_task"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,25 @@ class Task:
     paper_size: Mapping[str, int] | int  # benchmark size (VQA: open / closed)
     _check: Callable[[dict], None]
     _score: Callable[[list[dict]], tuple[dict, dict]]
+    _read: Callable[[Mapping, Vocabulary], tuple[dict, dict, bool]]  # a benchmark row (task_rows.py)
+    columns: tuple[str, ...]  # the benchmark fields its rows need
+    _options: Callable[[Mapping], str] | None = None  # how its options are written in the prompt
+    option_columns: tuple[str, ...] = ()  # columns that together may hold the options (PMC-VQA's A-D)
+    vocabulary_file: Literal["none", "optional", "required"] = "none"  # names from the task's vocabulary file
+
+    def read_example(self, values: Mapping, vocabulary: Vocabulary = (None, None)) -> tuple[dict, dict, bool]:
+        """(record fields, prompt fields, whether the record's vocabulary is the shared file) of a
+        benchmark row given by field; RecordError for a value the task cannot use."""
+        example = {}
+        if "question" in self.columns and "question" in values:
+            example["question"] = rows.text(values["question"], "question")
+        record, fields, shared = self._read(values, vocabulary)
+        return record, {**example, **fields}, shared
+
+    def format_options(self, example: Mapping) -> str:
+        if self._options is None:
+            raise RecordError(f"task {self.name!r} has no options")
+        return self._options(example)
 
     def build_prompt_text(self, example: Mapping) -> str:
         return build_prompt_text(self.name, example)
@@ -194,7 +218,8 @@ _VQA_PROMPT = "{question}"
 
 def _vqa(name: str, title: str, size: dict) -> Task:
     return Task(name, title, "biomed", _VQA_PROMPT, 1024, "vqa", ("question",), _BASE + ("answer_type",),
-                ("open", "closed"), size, _check_vqa, _score_vqa)
+                ("open", "closed"), size, _check_vqa, _score_vqa, rows.read_vqa,
+                ("image", "question", "label", "answer_type"))
 
 
 TASKS: dict[str, Task] = {
@@ -205,22 +230,27 @@ TASKS: dict[str, Task] = {
         _vqa("vqa_rad", "VQA-RAD", {"open": 179, "closed": 272}),
         Task("pmc_vqa", "PMC-VQA", "biomed", "Question: {question} The choices are: {options}", 1024,
              "multiple_choice", ("question", "options"), _BASE + ("options",), ("accuracy",), 2000,
-             _check_pmc_vqa, _score_pmc_vqa),
+             _check_pmc_vqa, _score_pmc_vqa, rows.read_lettered_choice, ("image", "question", "options", "label"),
+             rows.lettered_options, option_columns=metrics.PMC_VQA_CHOICES),
         Task("recipe1m", "Recipe1M", "food", "{question}", 1024, "rouge_l", ("question",), _BASE,
-             ("rouge_l",), 1000, _check_recipe1m, _score_recipe1m),
+             ("rouge_l",), 1000, _check_recipe1m, _score_recipe1m, rows.read_reference_text,
+             ("image", "question", "label")),
         Task("nutrition5k", "Nutrition5K", "food", "What ingredients are used to make the dish in the image?", 256,
              "vocabulary_recall", (), _BASE + ("vocabulary",), ("recall",), 507,
-             _check_vocabulary, _vocabulary_scorer("recall", metrics.multilabel_recall)),
+             _check_vocabulary, _vocabulary_scorer("recall", metrics.multilabel_recall), rows.read_phrases,
+             ("image", "label"), vocabulary_file="required"),
         Task("food101", "Food101", "food",
              "What type of food is shown in this image? Choose one type from the following options: {options}", 256,
              "multiple_choice", ("options",), _BASE + ("options",), ("accuracy",), 25250,
-             _check_food101, _score_food101),
+             _check_food101, _score_food101, rows.read_class_choice, ("image", "options", "label"),
+             rows.class_options, vocabulary_file="optional"),
         Task("foodseg103", "FoodSeg103", "food",
              "Identify the food categories present in the image. The available categories are: {options} "
              "Please return a list of the selected food categories, formatted as a list of names like "
              "[candy, egg tart, french fries, chocolate].", 256,
              "vocabulary_f1", ("vocabulary",), _BASE + ("vocabulary",), ("f1",), 2135,
-             _check_vocabulary, _vocabulary_scorer("f1", metrics.multilabel_f1)),
+             _check_vocabulary, _vocabulary_scorer("f1", metrics.multilabel_f1), rows.read_phrases,
+             ("image", "options", "label"), rows.vocabulary_options, vocabulary_file="optional"),
     )
 }
 
@@ -230,19 +260,6 @@ def get_task(name: str) -> Task:
         return TASKS[name]
     except KeyError:
         raise RecordError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}") from None
-
-
-def format_options(task: str, example: Mapping) -> str:
-    if task == "pmc_vqa":
-        options = example["options"]
-        if len(options) != 4:
-            raise RecordError(f"PMC-VQA needs 4 options (A-D), got {len(options)}")
-        return ", ".join(f"{letter}. {text}" for letter, text in zip(metrics.PMC_VQA_CHOICES, options))
-    if task == "food101":
-        return ", ".join(name.replace("_", " ") for name in example["options"])
-    if task == "foodseg103":
-        return ", ".join(example["vocabulary"])
-    raise RecordError(f"task {task!r} has no options")
 
 
 def build_prompt_text(task: str, example: Mapping) -> str:
@@ -255,7 +272,7 @@ def build_prompt_text(task: str, example: Mapping) -> str:
     if "{question}" in spec.prompt:
         values["question"] = example["question"]
     if "{options}" in spec.prompt:
-        values["options"] = format_options(task, example)
+        values["options"] = spec.format_options(example)
     return spec.prompt.format(**values)
 
 
