@@ -3,7 +3,9 @@
 CPU vs GPU is a setting: on CPU the engine gets a CPU placement bundle (otherwise it waits for a GPU
 for ever, silently), a KV cache size, eager mode, and the side stages ask for little CPU; on GPU the
 pool gets one bundle per tensor-parallel rank. Per-row engine errors are captured
-(`should_continue_on_error`) and come back as the row's error, never as a failed job.
+(`should_continue_on_error`) and come back as the row's error, never as a failed job. A row with
+nothing to ask (it failed earlier, or has nothing to judge) carries `skip()` and goes around the engine:
+Ray's stage passes rows marked with an inference error through untouched, so it costs no request.
 
 Rows going in carry `prompt` (a raw string, the family's own format: no chat template stage),
 optionally `multimodal_data` ({"image": PIL image}) and `sampling_params`. vLLM detokenizes itself
@@ -19,6 +21,7 @@ from adamllm_ray import storage
 from adamllm_ray.config import LIGHT_TASK_CPUS, EngineConfig
 
 ENGINE_ERROR = "__inference_error__"
+SKIPPED = "not sent to the engine"
 SIDE_STAGE_CPUS = LIGHT_TASK_CPUS
 
 
@@ -47,8 +50,16 @@ def engine_kwargs(cfg: EngineConfig, multimodal: bool) -> dict[str, Any]:
                               dtype=cfg.dtype, trust_remote_code=False)
     if multimodal:
         kw["limit_mm_per_prompt"] = {"image": 1}
+    if not multimodal:
+        # the judge's prompts all open with the same few-shot text: its KV blocks are computed once and
+        # reused (vLLM's default on GPU and x86 CPU; said here so a build that turns it off is overridden)
+        kw["enable_prefix_caching"] = True
     if cfg.accelerator == "cpu":
-        kw.update(enforce_eager=True, distributed_executor_backend="mp")
+        kw["enforce_eager"] = True
+        if cfg.tensor_parallel_size > 1:
+            kw["distributed_executor_backend"] = "mp"
+        # one rank: Ray's stage picks vLLM's in-process executor ("uni"), as bare vLLM does; "mp" would
+        # spawn one more process that imports torch and vLLM again (~9 s of engine start on two cores)
     kw.update(cfg.engine_kwargs)
     return kw
 
@@ -87,8 +98,12 @@ def build_processor(cfg: EngineConfig, preprocess: Callable[[dict], dict], postp
     Ray's processor sends rows the engine failed on around its postprocess; here every row, failed
     or not, goes through `postprocess` (a map after the processor), where `engine_error(row)` tells
     which, so a failed row becomes an error row instead of slipping past the method."""
+    import ray
     from ray.data.llm import build_processor as ray_build_processor
 
+    # The rows a processor carries (`__data`) hold the PIL image vLLM takes, which Arrow has no type for:
+    # Ray pickles that column. Said here, so Ray does not warn "Failed to convert column '__data'" per run.
+    ray.data.DataContext.get_current().enable_fallback_to_arrow_object_ext_type = True
     side = {"num_cpus": SIDE_STAGE_CPUS}
     processor = ray_build_processor(processor_config(cfg, multimodal), preprocess=preprocess,
                                     preprocess_map_kwargs=side, postprocess_map_kwargs=side)
@@ -99,7 +114,12 @@ def build_processor(cfg: EngineConfig, preprocess: Callable[[dict], dict], postp
     return stage
 
 
+def skip() -> dict[str, str]:
+    """The preprocess output of a row that needs no request: it goes around the engine."""
+    return {ENGINE_ERROR: SKIPPED}
+
+
 def engine_error(row: dict[str, Any]) -> str | None:
-    """The engine's message for a row it could not run, else None."""
+    """The engine's message for a row it could not run, else None (also for a skipped row)."""
     err = row.get(ENGINE_ERROR)
-    return str(err) if err else None
+    return str(err) if err and err != SKIPPED else None

@@ -9,8 +9,8 @@ Resume: rows whose id is already in a complete tasks file are skipped before the
 a re-run after an interruption finishes the job without redoing or duplicating rows; OUT/signature.json
 records what the outputs depend on, and a re-run with other settings refuses instead of mixing.
 
-Rows that already failed still pass through the engine pools as one-token no-op requests, so the job
-stays a single stream and no row can be lost between branches.
+Rows with nothing to ask an engine (failed earlier, or no triplet to judge) stay in the single stream
+but go around the engine (`engine.skip`), so no row can be lost between branches and none costs a request.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from adamllm_ray.synthesis.filter import load_judge_prompt
 from adamllm_ray.synthesis.resume import completed_ids, prepare_output, signature, signature_changes, task_files  # noqa: F401
 from adamllm_ray.synthesis.stages import finish_row, judge_prompt_of, parse_row
 
-NOOP_TOKENS = 1
 CARRIED = (ID, IMAGE_PATH, records.CAPTION, records.CAPTION_PROMPT, ERROR)
 
 
@@ -58,12 +57,6 @@ def write_images(out: str):
     return fn
 
 
-def _noop_image():
-    from PIL import Image
-
-    return Image.new("RGB", (28, 28))
-
-
 def synthesis_sampling(cfg, family) -> dict:
     """SPEC §1: greedy, special tokens kept, stop at the family's end-of-text only. The model's own
     end-of-sequence tokens are ignored: chat models list their end-of-turn token among them, which
@@ -74,14 +67,14 @@ def synthesis_sampling(cfg, family) -> dict:
 def synthesizer_stage(cfg: SynthesisConfig):
     family = get_family(cfg.family)
     params = synthesis_sampling(cfg.synthesizer, family)
-    noop = {**params, "max_tokens": NOOP_TOKENS}
 
     def pre(row: dict) -> dict:
-        ok = not failed(row)
-        return {**records.pack({k: row.get(k) for k in CARRIED}),
-                "prompt": family.synthesis_prompt(row[records.CAPTION] if ok else "."),
-                "multimodal_data": {"image": images.to_pil(row[IMAGE]) if ok else _noop_image()},
-                "sampling_params": params if ok else noop}
+        # IMAGE: None drops the encoded bytes from the row the engine stage carries: it gets the pixels
+        carried = {**records.pack({k: row.get(k) for k in CARRIED}), IMAGE: None}
+        if failed(row):
+            return {**carried, **engine.skip()}
+        return {**carried, "prompt": family.synthesis_prompt(row[records.CAPTION]),
+                "multimodal_data": {"image": images.to_pil(row[IMAGE])}, "sampling_params": params}
 
     def post(row: dict) -> dict:
         out = records.unpack({k: row.get(k) for k in CARRIED})
@@ -92,7 +85,10 @@ def synthesizer_stage(cfg: SynthesisConfig):
                 out[ERROR] = error("synthesize", message)
             else:
                 out.update(raw_output=row["generated_text"], output_tokens=int(row.get("num_generated_tokens") or 0))
-        return records.pack(parse_row(out, family))
+        out = parse_row(out, family)
+        if cfg.judge is None:  # compose here: one stage fewer, one JSON round trip fewer a row
+            out = finish_row(out, cfg.mode, None, judged=False)
+        return records.pack(out)
 
     return engine.build_processor(cfg.synthesizer, pre, post, multimodal=True)
 
@@ -100,13 +96,14 @@ def synthesizer_stage(cfg: SynthesisConfig):
 def judge_stage(cfg: SynthesisConfig):
     prompt_text = load_judge_prompt(cfg.judge_prompt)
     params = engine.sampling_params(cfg.judge)
-    noop = {**params, "max_tokens": NOOP_TOKENS}
     columns = list(records.task_schema().names)
 
     def pre(row: dict) -> dict:
         prompt = judge_prompt_of(records.unpack(row), prompt_text)
-        return {**{k: row.get(k) for k in columns if k in row}, "judged": prompt is not None,
-                "prompt": prompt or ".", "sampling_params": params if prompt else noop}
+        carried = {**{k: row.get(k) for k in columns if k in row}, "judged": prompt is not None}
+        if prompt is None:  # no triplet (most rows): no request, the judge's engine never sees the row
+            return {**carried, **engine.skip()}
+        return {**carried, "prompt": prompt, "sampling_params": params}
 
     def post(row: dict) -> dict:
         base = records.unpack({k: row.get(k) for k in columns if k in row})
@@ -122,12 +119,10 @@ def judge_stage(cfg: SynthesisConfig):
 
 
 def method_stages(cfg: SynthesisConfig, ds):
-    """Synthesize, parse + pair, judge (when configured), compose: source rows in, task rows out."""
+    """Synthesize, parse + pair, judge (when configured), compose: source rows in, task rows out.
+    Without a judge, compose runs in the synthesizer's postprocess."""
     ds = synthesizer_stage(cfg)(ds)
-    if cfg.judge is not None:
-        return judge_stage(cfg)(ds)
-    return ds.map(lambda row: records.pack(finish_row(records.unpack(row), cfg.mode, None, judged=False)),
-                  num_cpus=engine.SIDE_STAGE_CPUS)
+    return judge_stage(cfg)(ds) if cfg.judge is not None else ds
 
 
 def to_task_table(batch):
