@@ -22,7 +22,7 @@ from adamllm_ray.training.config import TrainConfig, TrainDataConfig
 from adamllm_ray.embedded.training_set import write_training_set
 from adamllm_ray.families import HINTS, get_family
 from adamllm_ray.training import data, download, masks
-from adamllm_ray.training.loop import TrainState, cosine_with_warmup, param_groups
+from adamllm_ray.training.loop import TrainState, lr_schedule, param_groups
 
 QWEN = get_family("qwen2_vl")
 CAPTION = "A red circle on a white background. There is one shape in the picture."
@@ -203,10 +203,52 @@ def test_data_position_is_a_prefix_plus_stragglers():
     assert [again.consumed(p) for p in range(11)] == [True] * 6 + [False, True, False, True, False]
 
 
+def _lrs(total_steps: int, warmup_ratio: float) -> list[float]:
+    import torch
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = lr_schedule(optimizer, total_steps, warmup_ratio)
+    lrs = []
+    for _ in range(total_steps + 1):
+        lrs.append(round(optimizer.param_groups[0]["lr"], 4))
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
 def test_cosine_schedule_with_warmup():
-    f = cosine_with_warmup(total_steps=10, warmup_ratio=0.2)  # 2 warmup steps
-    assert [round(f(s), 4) for s in range(11)] == [0.3333, 0.6667, 1.0, 0.9619, 0.8536, 0.6913, 0.5, 0.3087,
-                                                   0.1464, 0.0381, 0.0]
+    """Hugging Face's cosine schedule, warmup counted as its Trainer does (ceil(ratio x steps)):
+    lr(s) = s / w while s < w, then (1 + cos(pi (s - w) / (T - w))) / 2."""
+    # T = 10, w = ceil(0.2 x 10) = 2: 0/2, 1/2, then cos at (s - 2) / 8
+    assert _lrs(10, 0.2) == [0.0, 0.5, 1.0, 0.9619, 0.8536, 0.6913, 0.5, 0.3087, 0.1464, 0.0381, 0.0]
+    # T = 7, w = ceil(0.1 x 7) = 1: one warmup step at 0, then cos at (s - 1) / 6
+    assert _lrs(7, 0.1) == [0.0, 1.0, 0.9330, 0.75, 0.5, 0.25, 0.0670, 0.0]
+    # no warmup: the cosine from the first step
+    assert _lrs(4, 0.0) == [1.0, 0.8536, 0.5, 0.1464, 0.0]
+
+
+def test_model_folders_copy_to_and_from_s3(tmp_path, s3_prefix, monkeypatch):
+    """A checkpoint or model folder goes to S3 and comes back file for file (subfolders too); an s3://
+    model is downloaded once into the node's cache and found there the next time."""
+    import tempfile
+
+    src = tmp_path / "model"
+    (src / "sub").mkdir(parents=True)
+    (src / "config.json").write_text('{"a": 1}')
+    (src / "sub" / "weights.bin").write_bytes(bytes(range(256)) * 64)
+    download.copy_tree(str(src), f"{s3_prefix}/m")
+    back = tmp_path / "back"
+    download.copy_tree(f"{s3_prefix}/m", str(back))
+    assert sorted(p.relative_to(back).as_posix() for p in back.rglob("*") if p.is_file()) == [
+        "config.json", "sub/weights.bin"]
+    assert (back / "sub" / "weights.bin").read_bytes() == (src / "sub" / "weights.bin").read_bytes()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    local = download.local_model(f"{s3_prefix}/m")
+    assert Path(local).parent == tmp_path / "cache" / "adamllm-models"
+    assert Path(local, "config.json").read_text() == '{"a": 1}'
+    download.copy_tree(str(src / "sub"), f"{s3_prefix}/m/sub2")  # a changed prefix is not downloaded again
+    assert download.local_model(f"{s3_prefix}/m") == local and not Path(local, "sub2").exists()
 
 
 def test_collate_pads_and_concatenates():

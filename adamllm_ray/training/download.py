@@ -12,6 +12,14 @@ from adamllm_ray.training.masks import SkipExample
 _PROCESSORS: dict[str, Any] = {}
 
 
+def copy_tree(src: str, dest: str) -> None:
+    """Every file under `src` to `dest` (each local or s3://), folders made as needed (pyarrow.fs)."""
+    import pyarrow.fs as pafs
+
+    (src_fs, src_path), (dest_fs, dest_path) = storage.filesystem(src), storage.filesystem(dest)
+    pafs.copy_files(src_path, dest_path, source_filesystem=src_fs, destination_filesystem=dest_fs)
+
+
 def local_model(model: str) -> str:
     """A folder or hub id transformers can load: an s3:// prefix is downloaded once per node into
     a cache folder (each process that needs it calls this; the first finished copy wins)."""
@@ -27,10 +35,7 @@ def local_model(model: str) -> str:
         return str(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".download-"))
-    for uri in storage.list_files(model):
-        target = tmp / storage.relative(uri, model)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(storage.read_bytes(uri))
+    copy_tree(model, str(tmp))
     try:
         os.replace(tmp, dest)
     except OSError:  # another process finished first

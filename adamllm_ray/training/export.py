@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from adamllm_ray import storage
+from adamllm_ray.training.download import copy_tree
 from adamllm_ray.training.loop import DS_TAG, HF_DIR
 
 
@@ -31,21 +32,16 @@ def local_copy(uri: str):
         return
     tmp = tempfile.mkdtemp(prefix="adamllm-ckpt-")
     try:
-        for f in storage.list_files(uri):
-            target = Path(tmp, storage.relative(f, uri))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(storage.read_bytes(f))
+        copy_tree(uri, tmp)
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _publish(folder: str, out: str) -> None:
-    """Move a finished local folder to `out`: a rename locally, one upload per file on S3."""
+    """Move a finished local folder to `out`: a rename locally, an upload on S3 (each object appears whole)."""
     if storage.is_s3(out):
-        for p in sorted(Path(folder).rglob("*")):
-            if p.is_file():
-                storage.write_bytes_atomic(storage.join(out, p.relative_to(folder).as_posix()), p.read_bytes())
+        copy_tree(folder, out)
         return
     if os.path.exists(out):
         shutil.rmtree(out)

@@ -73,17 +73,12 @@ class TrainState:
         return cls(**json.loads(text))
 
 
-def cosine_with_warmup(total_steps: int, warmup_ratio: float):
-    """LR multiplier: linear warmup over ceil(warmup_ratio * total) steps, then cosine to 0."""
-    warmup = math.ceil(warmup_ratio * total_steps)
+def lr_schedule(optimizer, total_steps: int, warmup_ratio: float):
+    """The authors' schedule (Hugging Face Trainer's `cosine`): linear warmup from 0 over
+    ceil(warmup_ratio * total) steps, as the Trainer counts them, then cosine to 0."""
+    from transformers import get_cosine_schedule_with_warmup
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-    return factor
+    return get_cosine_schedule_with_warmup(optimizer, math.ceil(warmup_ratio * total_steps), total_steps)
 
 
 def deepspeed_config(cfg) -> dict:
@@ -222,7 +217,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     groups = param_groups(model, cfg, family)
     optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
                                   foreach=False)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total_steps, cfg.optim.warmup_ratio))
+    scheduler = lr_schedule(optimizer, total_steps, cfg.optim.warmup_ratio)
     engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                            config=ds_config)
     processor = load_processor(model_path)
