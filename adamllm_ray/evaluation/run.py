@@ -34,6 +34,7 @@ from adamllm_ray.evaluation import benchmark, report
 from adamllm_ray.evaluation.benchmark import BenchmarkError, TaskPlan
 from adamllm_ray.evaluation.prompts import engine_kwargs, evaluation_prompt
 from adamllm_ray.families import get_family
+from adamllm_ray.evaluation.score import read_predictions
 from adamllm_ray.evaluation.tasks import TASKS, get_task
 from adamllm_ray.ray_session import ray_session
 
@@ -199,23 +200,6 @@ def infer(cfg: EvaluateConfig, model: EvalModelConfig, plans: list[TaskPlan]) ->
 # ---------------------------------------------------------------- scores and report
 
 
-def read_predictions(uri: str, task: str) -> list[dict]:
-    """Prediction records as `adamllm score` reads them: checked, vocabulary paths resolved."""
-    spec = get_task(task)
-    folder = uri.rsplit("/", 1)[0]
-    vocabularies: dict[str, list] = {}
-    out = []
-    for record in _read_jsonl(uri):
-        ref = record.get("vocabulary")
-        if isinstance(ref, str):
-            if ref not in vocabularies:
-                vocabularies[ref] = json.loads(storage.read_bytes(storage.join(folder, ref)))
-            record["vocabulary"] = vocabularies[ref]
-        spec.check_record(record)
-        out.append(record)
-    return out
-
-
 def finalize(cfg: EvaluateConfig, plans: dict[str, TaskPlan], this_run: dict) -> dict:
     """metrics.json, errors.jsonl, report.md and report.png from every pair's files."""
     out = cfg.output
@@ -227,7 +211,7 @@ def finalize(cfg: EvaluateConfig, plans: dict[str, TaskPlan], this_run: dict) ->
             done = read_done(out, model.name, task)
             if done is None:
                 raise RuntimeError(f"{model.name}/{task} did not complete (no {done_file(out, model.name, task)})")
-            scored = TASKS[task].score(read_predictions(predictions_file(out, model.name, task), task))
+            scored = TASKS[task].score(read_predictions(TASKS[task], predictions_file(out, model.name, task), True))
             errors = _read_jsonl(errors_file(out, model.name, task))
             all_errors += errors
             results[model.name][task] = {**scored, "examples": done["examples"], "errors": len(errors)}

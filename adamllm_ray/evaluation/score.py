@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
+from adamllm_ray import storage
+from adamllm_ray.evaluation.benchmark_files import BenchmarkError, load_vocabulary
 from adamllm_ray.evaluation.tasks import PAPER_SCORES, RecordError, Task, get_task
 
 
@@ -23,38 +24,36 @@ class ScoreInputError(Exception):
     """Bad command-line input: reported as one message, exit code 2."""
 
 
-def _load_vocabulary(value, folder: Path, cache: dict) -> list:
-    """Resolve a vocabulary path to its list once; an inline list is returned as is."""
+def _load_vocabulary(value, folder: str, cache: dict) -> list:
+    """Resolve a vocabulary path to its phrases once (the benchmark's one vocabulary loader); an
+    inline list is returned as is."""
     if not isinstance(value, str):
         return value
-    path = Path(value) if os.path.isabs(value) else folder / value
-    if path not in cache:
+    uri = value if storage.is_s3(value) or os.path.isabs(value) else storage.join(folder, value)
+    if uri not in cache:
         try:
-            phrases = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as err:
-            raise RecordError(f"cannot read vocabulary file {str(path)!r}: {err.strerror or err}") from None
-        except json.JSONDecodeError as err:
-            raise RecordError(f"vocabulary file {str(path)!r} is not valid JSON: {err}") from None
-        if not isinstance(phrases, list) or not all(isinstance(p, str) for p in phrases):
-            raise RecordError(f"vocabulary file {str(path)!r} must hold a JSON list of strings")
-        cache[path] = phrases
-    return cache[path]
+            cache[uri] = load_vocabulary(uri)[0]
+        except BenchmarkError as err:
+            raise RecordError(str(err)) from None
+    return cache[uri]
 
 
-def read_predictions(task: Task, path: str | Path) -> list[dict]:
-    """Read and check every record; raise ScoreInputError naming the file and line of the first bad one."""
-    path = Path(path)
+def read_predictions(task: Task, path: str | Path, allow_empty: bool = False) -> list[dict]:
+    """Read and check every record of a JSONL file (local or s3://), vocabulary paths resolved from
+    its folder; raise ScoreInputError naming the file and line of the first bad one."""
+    uri = str(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")  # a BOM is not part of line 1
+        text = storage.read_bytes(uri).decode("utf-8-sig")  # a BOM is not part of line 1
     except OSError as err:
-        raise ScoreInputError(f"cannot read predictions file {str(path)!r}: {err.strerror or err}") from None
+        raise ScoreInputError(f"cannot read predictions file {uri!r}: {err.strerror or err}") from None
     except UnicodeDecodeError as err:
-        raise ScoreInputError(f"predictions file {str(path)!r} is not UTF-8 text: {err}") from None
+        raise ScoreInputError(f"predictions file {uri!r} is not UTF-8 text: {err}") from None
+    folder = uri.rstrip("/").rsplit("/", 1)[0] if "/" in uri else "."
     records, vocabularies = [], {}
     for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may sit in a string
         if not line.strip():
             continue
-        where = f"{path}:{number}"
+        where = f"{uri}:{number}"
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
@@ -63,13 +62,13 @@ def read_predictions(task: Task, path: str | Path) -> list[dict]:
             raise ScoreInputError(f"{where}: a prediction record must be a JSON object, got {type(record).__name__}")
         try:
             if "vocabulary" in task.record_fields and "vocabulary" in record:
-                record["vocabulary"] = _load_vocabulary(record["vocabulary"], path.parent, vocabularies)
+                record["vocabulary"] = _load_vocabulary(record["vocabulary"], folder, vocabularies)
             task.check_record(record)
         except RecordError as err:
             raise ScoreInputError(f"{where}: {err}") from None
         records.append(record)
-    if not records:
-        raise ScoreInputError(f"{path}: no prediction records")
+    if not records and not allow_empty:
+        raise ScoreInputError(f"{uri}: no prediction records")
     return records
 
 
@@ -88,12 +87,7 @@ def format_table(result: dict) -> str:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    """Write next to the target and rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(f.name, path)
+    storage.write_text_atomic(str(path), json.dumps(data, indent=2) + "\n")
 
 
 def default_output(predictions: str | Path) -> Path:
