@@ -38,7 +38,6 @@ from adamllm_ray.evaluation.score import read_predictions
 from adamllm_ray.evaluation.tasks import TASKS, get_task
 from adamllm_ray.ray_session import ray_session
 
-NOOP_TOKENS = 1
 # How examples are asked (evaluation/prompts.py); a pair done another way is redone. 2: as the authors
 # asked (input verbatim, pixel bounds, special tokens skipped, guesses seeded by the index).
 PROTOCOL = 2
@@ -90,12 +89,6 @@ def _read_jsonl(uri: str) -> list[dict]:
 # ---------------------------------------------------------------- the Ray stream of one model
 
 
-def _noop_image():
-    from PIL import Image
-
-    return Image.new("RGB", (28, 28))
-
-
 def read_stage(plans: list[TaskPlan], limits):
     """A dataset of example rows (benchmark.example_schema): one read task per benchmark file."""
     import ray
@@ -124,12 +117,11 @@ def inference_stage(model: EvalModelConfig, plans: list[TaskPlan]):
     model = model.model_copy(update={"engine_kwargs": engine_kwargs(family, model.engine_kwargs)})
 
     def pre(row: dict) -> dict:
-        ok = row[records.ERROR] is None
-        task_params = params[row["task"]]
-        return {**{k: row.get(k) for k in CARRIED},
-                "prompt": evaluation_prompt(family, row["prompt_text"] if ok else "."),
-                "multimodal_data": {"image": images.to_pil(row["image"]) if ok else _noop_image()},
-                "sampling_params": task_params if ok else {**task_params, "max_tokens": NOOP_TOKENS}}
+        carried = {**{k: row.get(k) for k in CARRIED}, "image": None}  # the engine gets pixels, not bytes
+        if row[records.ERROR] is not None:  # no request: the row goes around the engine
+            return {**carried, **engine.skip()}
+        return {**carried, "prompt": evaluation_prompt(family, row["prompt_text"]),
+                "multimodal_data": {"image": images.to_pil(row["image"])}, "sampling_params": params[row["task"]]}
 
     def post(row: dict) -> dict:
         out = {k: row.get(k) for k in CARRIED}
