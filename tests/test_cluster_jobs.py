@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -88,6 +89,14 @@ def test_failed_job_reports_failure_with_message(cluster, tmp_path):
     assert f"job {job}: FAILED" in out
 
 
+def rows_written(tasks: Path) -> int:
+    """Rows in the finished part files so far (0 while the first is still being written)."""
+    try:
+        return pq.read_table(tasks).num_rows if tasks.exists() else 0
+    except (pa.ArrowInvalid, FileNotFoundError):  # a part file still without its footer
+        return 0
+
+
 def test_synthesis_survives_losing_a_node(cluster, tiny_qwen2_vl, tmp_path):
     """The second node is lost (its raylet SIGKILLed, then the rest of its processes) while its engine
     works; a replacement node joins (as the autoscaler or KubeRay replaces a lost node) and the job ends
@@ -103,10 +112,9 @@ def test_synthesis_survives_losing_a_node(cluster, tiny_qwen2_vl, tmp_path):
         while True:  # until the second node's engine is up and rows have been written
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-5000:]
             working = [a for a in cluster.job_actors(job, ENGINE_ACTOR) if a.node_id == second and a.state == "ALIVE"]
-            if working and tasks.exists() and any(p.suffix == ".parquet" for p in tasks.iterdir()):
+            if working and (done_before := rows_written(tasks)):
                 break
             time.sleep(0.5)
-        done_before = pq.read_table(tasks).num_rows
         cluster.lose_node("second_node")
         cluster.add_node("replacement_node")
         proc.wait(timeout=900)
@@ -117,5 +125,13 @@ def test_synthesis_survives_losing_a_node(cluster, tiny_qwen2_vl, tmp_path):
     assert done_before < len(ids), "the node was lost mid-run"
     check_complete(*outputs(tmp_path / "out"), ids)
     assert sorted(pq.read_table(tasks).column("id").to_pylist()) == sorted(ids), "no row done twice"
-    restarted = {a.actor_id: a for a in cluster.job_actors(job, ENGINE_ACTOR)}[working[0].actor_id]
-    assert restarted.num_restarts >= 1 and restarted.node_id == cluster.node_ids()["replacement_node"]
+    # Ray restarts the lost engine (Ray Data's actors have max_restarts=-1) wherever a node has room first:
+    # on the replacement, or on the head once the head's own engine has finished the remaining rows and
+    # left (seen in CI); if the job ends while it still waits to restart, it ends without a node. Either
+    # way it never counts as living on the lost node, and every row came out once (above).
+    actors = {a.actor_id: a for a in cluster.job_actors(job, ENGINE_ACTOR)}
+    lost = actors[working[0].actor_id]
+    alive = set(cluster.node_ids().values())
+    where = [(a.actor_id[:8], a.state, a.node_id, a.num_restarts) for a in actors.values()]
+    assert lost.num_restarts >= 1, where
+    assert lost.node_id in alive or not lost.node_id, (second, alive, where)
