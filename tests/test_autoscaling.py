@@ -8,6 +8,7 @@ import threading
 import time
 
 from adamllm_ray import scaling
+from conftest import free_port
 
 ENGINE = "MapWorker(MapBatches(vLLMEngineStageUDF))"
 
@@ -90,6 +91,51 @@ def test_record_puts_the_timeline_in_the_summary_and_draws_the_chart(tmp_path):
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 2000
 
 
+def test_rows_per_s_follow_the_rows_the_engines_did_since_the_first_sample():
+    done = iter([100, 100, 130, 190, 190])  # 100 rows done by an earlier run in this process
+    sampler = scaling.ScalingSampler(every_s=60, probe=lambda: (1, [ENGINE]), rows=lambda: {"P": next(done)})
+    sampler.start()
+    for _ in range(3):
+        time.sleep(0.05)
+        sampler.sample()
+    tl = sampler.stop()
+    samples = tl["samples"]
+    assert [s["rows"]["P"] for s in samples] == [0, 0, 30, 90, 90] and tl["rows"] == {"P": 90}
+    assert samples[0]["rows_per_s"] == {"P": 0.0}
+    for a, b in zip(samples, samples[1:]):
+        dt = b["t"] - a["t"]  # the last sample may come within the 0.01 s the times are rounded to
+        assert b["rows_per_s"]["P"] == (round((b["rows"]["P"] - a["rows"]["P"]) / dt, 2) if dt > 0 else 0.0)
+    assert samples[2]["rows_per_s"]["P"] > 0 and samples[4]["rows_per_s"]["P"] == 0
+
+
+def test_engine_rows_read_ray_datas_engine_operators_while_they_run_and_after():
+    from types import SimpleNamespace as NS
+
+    class Op:  # a Ray Data operator as the executor's topology holds it (a dict key)
+        def __init__(self, name, rows):
+            self.name, self.metrics = name, NS(rows_task_outputs_generated=rows)
+    engine, other = Op("MapBatches(vLLMEngineStageUDF)", 5), Op("Map(preprocess)", 50)
+    executor = NS(_topology={other: None, engine: None})
+    before = scaling.engine_rows().get(engine.name, 0)
+    callback = scaling.EngineRows()
+    callback.before_execution_starts(executor)
+    assert scaling.engine_rows()[engine.name] == before + 5
+    engine.metrics.rows_task_outputs_generated = 12
+    assert scaling.engine_rows()[engine.name] == before + 12 and "Map(preprocess)" not in scaling.engine_rows()
+    callback.after_execution_succeeds(executor)  # the count stays once the execution has ended
+    engine.metrics.rows_task_outputs_generated = 99
+    assert scaling.engine_rows()[engine.name] == before + 12
+
+
+def test_bench_rates_count_only_intervals_with_the_same_engines_at_both_ends():
+    from adamllm_ray.bench.autoscale import rates_by_engines
+
+    pool = "MapBatches(vLLMEngineStageUDF)"
+    samples = [{"t": t, "engines": {pool: n} if n else {}, "rows": {pool: r}}
+               for t, n, r in [(0, 0, 0), (2, 1, 0), (4, 1, 40), (6, 2, 80), (8, 2, 140), (10, 2, 200), (12, 0, 200)]]
+    assert rates_by_engines(samples) == {1: 20.0, 2: 30.0}
+
+
 # ---------------------------------------------------------------- training that waits for its nodes
 
 
@@ -156,7 +202,86 @@ def test_synthesis_run_records_a_timeline_that_covers_it(tmp_path, ray_local, ti
     engines = [sum(s["engines"].values()) + sum(s["engines_starting"].values()) for s in samples]
     assert 1 <= max(engines) <= 2, engines
     assert all(s["nodes"] == 1 for s in samples)
+    # rows out of the engine pool: counted from 0, never down, every row to be synthesized by the end
+    rows = [sum(s["rows"].values()) for s in samples]
+    print("ROWS", rows, tl["rows"], summary["counts"], [s["rows_per_s"] for s in samples])
+    assert rows[0] == 0 and rows == sorted(rows), rows
+    assert rows[-1] == sum(tl["rows"].values()) == summary["counts"]["read"] - summary["counts"]["bad_input"], rows
+    assert max(sum(s["rows_per_s"].values()) for s in samples) > 0
     assert (tmp_path / "out" / "scaling.png").read_bytes().startswith(b"\x89PNG")
+
+
+# ---------------------------------------------------------------- a served model that follows its load
+
+
+def test_a_served_model_adds_a_replica_under_a_burst_and_drops_it_after(ray_local, tiny_qwen2_vl):
+    """HEAVY (Ray Serve, vLLM). The synthesizer served with replicas [1, 2], one ongoing request per replica
+    as Serve's target and its delays cut to seconds, on the local Ray (4 logical CPUs: room for a second
+    engine, no node to add): 8 clients keep requests going until a second replica runs and has had a few
+    seconds of them, then stop; the count falls back to 1. Every request gets 200, or 503 with Retry-After."""
+    import asyncio
+
+    import httpx
+    from ray import serve
+
+    from adamllm_ray.config import validate
+    from adamllm_ray.serving import app
+    from adamllm_ray.serving.config import ServeConfig
+
+    cfg = validate(ServeConfig, {
+        "ray": {"address": "local", "num_cpus": 4}, "family": "qwen2_vl",
+        "ingress": {"host": "127.0.0.1", "api_key_env": None},
+        "synthesizer": {"model": tiny_qwen2_vl, "dtype": "float32", "max_model_len": 1024, "concurrency": [1, 2],
+                        "target_ongoing_requests": 1, "upscale_delay_s": 1, "downscale_delay_s": 3,
+                        "look_back_period_s": 2}})
+    timeline: list[tuple[float, int]] = []  # (seconds, synthesizer replicas running)
+
+    def running() -> int:
+        deployments = serve.status().applications[app.APP_NAME].deployments
+        return sum(d.replica_states.get("RUNNING", 0) for name, d in deployments.items() if "synthesizer" in name)
+
+    async def watch_and_burst(url: str) -> list[httpx.Response]:
+        t0, answers, burst_over = time.monotonic(), [], asyncio.Event()
+        body = {"model": "synthesizer", "prompt": "a red square", "max_tokens": 32, "ignore_eos": True}
+
+        async def watch():
+            while True:
+                timeline.append((round(time.monotonic() - t0, 1), await asyncio.to_thread(running)))
+                if burst_over.is_set() and timeline[-1][1] == 1 or time.monotonic() - t0 > 400:
+                    return
+                await asyncio.sleep(0.5)
+
+        async def client(http):
+            while not burst_over.is_set():
+                answers.append(await http.post(url + "/v1/completions", json=body))
+
+        async def stop_burst():  # once a second replica has run for 5 s of the burst (at most 240 s)
+            while time.monotonic() - t0 < 240:
+                up = [t for t, n in timeline if n == 2]
+                if up and timeline[-1][0] - up[0] >= 5:
+                    break
+                await asyncio.sleep(0.5)
+            burst_over.set()
+
+        async with httpx.AsyncClient(timeout=120) as http:
+            await asyncio.gather(watch(), stop_burst(), *(client(http) for _ in range(8)))
+        return answers
+
+    try:
+        url = app.start(cfg, port=free_port())
+        answers = asyncio.run(watch_and_burst(url))
+    finally:
+        app.shutdown()
+    counts = [n for _, n in timeline]
+    print(f"synthesizer replicas running over time: {timeline}; {len(answers)} requests")
+    assert counts[0] == 1, timeline
+    rose = counts.index(2) if 2 in counts else None
+    assert rose is not None, f"no second replica under the burst: {timeline}"
+    assert max(counts) == 2 and counts[-1] == 1 and 1 in counts[rose:], f"the replica count did not fall back: {timeline}"
+    statuses = {r.status_code for r in answers}
+    assert statuses <= {200, 503}, statuses
+    assert all(r.headers.get("retry-after") for r in answers if r.status_code == 503)
+    assert sum(r.status_code == 200 for r in answers) >= 8
 
 
 # ---------------------------------------------------------------- a cluster that follows the pools
