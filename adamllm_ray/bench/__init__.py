@@ -19,6 +19,7 @@ BENCHMARKS = {
     "submit": "adamllm_ray.bench.submit:bench_submit",
     "inspect": "adamllm_ray.bench.inspect:bench_inspect",
     "resume": "adamllm_ray.bench.resume:bench_resume",
+    "autoscale": "adamllm_ray.bench.autoscale:bench_autoscale",
 }
 
 

@@ -18,6 +18,9 @@ class ModelEndpointConfig(EngineConfig):
     accelerator_type: str | None = None  # GPU only: a Ray accelerator type (A10G, L4, A100, ...) to place on
     target_ongoing_requests: float = 16
     max_ongoing_requests: int = 64
+    upscale_delay_s: float = Field(30.0, ge=0)  # Serve waits this long over target before adding a replica
+    downscale_delay_s: float = Field(600.0, ge=0)  # and this long under it before removing one
+    look_back_period_s: float = Field(30.0, gt=0)  # the window Serve averages ongoing requests over
     tiny: Literal["qwen2_vl", "llava_next_llama3", "mllama", "text"] | None = None  # build this tiny model at `model` when it is missing
     family: Literal["qwen2_vl", "llava_next_llama3", "mllama"] | None = None  # the evaluator's chat format; default: `family`
 

@@ -65,7 +65,9 @@ def llm_config(cfg: ServeConfig, section: str) -> LLMConfig:
     deployment: dict[str, Any] = {
         "max_ongoing_requests": ep.max_ongoing_requests,
         "autoscaling_config": {"min_replicas": lo, "initial_replicas": lo, "max_replicas": hi,
-                               "target_ongoing_requests": ep.target_ongoing_requests},
+                               "target_ongoing_requests": ep.target_ongoing_requests,
+                               "upscale_delay_s": ep.upscale_delay_s, "downscale_delay_s": ep.downscale_delay_s,
+                               "look_back_period_s": ep.look_back_period_s},
     }
     env = {k: os.environ[k] for k in ENV_FOR_ENGINES if os.environ.get(k)}
     extra: dict[str, Any] = {}
