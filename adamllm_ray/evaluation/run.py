@@ -120,7 +120,7 @@ def inference_stage(model: EvalModelConfig, plans: list[TaskPlan]):
         carried = {**{k: row.get(k) for k in CARRIED}, "image": None}  # the engine gets pixels, not bytes
         if row[records.ERROR] is not None:  # no request: the row goes around the engine
             return {**carried, **engine.skip()}
-        return {**carried, "prompt": evaluation_prompt(family, row["prompt_text"]),
+        return {**carried, **engine.ask(), "prompt": evaluation_prompt(family, row["prompt_text"]),
                 "multimodal_data": {"image": images.to_pil(row["image"])}, "sampling_params": params[row["task"]]}
 
     def post(row: dict) -> dict:

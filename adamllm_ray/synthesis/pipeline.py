@@ -73,7 +73,7 @@ def synthesizer_stage(cfg: SynthesisConfig):
         carried = {**records.pack({k: row.get(k) for k in CARRIED}), IMAGE: None}
         if failed(row):
             return {**carried, **engine.skip()}
-        return {**carried, "prompt": family.synthesis_prompt(row[records.CAPTION]),
+        return {**carried, **engine.ask(), "prompt": family.synthesis_prompt(row[records.CAPTION]),
                 "multimodal_data": {"image": images.to_pil(row[IMAGE])}, "sampling_params": params}
 
     def post(row: dict) -> dict:
@@ -103,7 +103,7 @@ def judge_stage(cfg: SynthesisConfig):
         carried = {**{k: row.get(k) for k in columns if k in row}, "judged": prompt is not None}
         if prompt is None:  # no triplet (most rows): no request, the judge's engine never sees the row
             return {**carried, **engine.skip()}
-        return {**carried, "prompt": prompt, "sampling_params": params}
+        return {**carried, **engine.ask(), "prompt": prompt, "sampling_params": params}
 
     def post(row: dict) -> dict:
         base = records.unpack({k: row.get(k) for k in columns if k in row})
