@@ -3,6 +3,7 @@ an example or an error, counts add up, S3 in and out, resume after the driver is
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -68,8 +69,10 @@ def test_pipeline_local_with_judge_and_engine_error(tmp_path, ray_local, tiny_qw
     train, errors, summary = outputs(tmp_path / "out")
     check_complete(train, errors, summary, ids)
     by_id = {e["id"]: e for e in errors}
-    assert by_id[LONG_ID]["stage"] == "synthesize" and "longer than" in by_id[LONG_ID]["message"] or \
-        "max_model_len" in by_id[LONG_ID]["message"] or "length" in by_id[LONG_ID]["message"], by_id[LONG_ID]
+    long = by_id[LONG_ID]  # the engine refuses the prompt; that row alone is an error of stage synthesize
+    assert long["stage"] == "synthesize", long
+    # vLLM's refusal names the engine's limit (max_model_len 1024), in either of its two wordings
+    assert re.search(r"maximum (context length is|model length of) 1024\b", long["message"]), long["message"]
     assert {i for i, e in by_id.items() if e["stage"] == "read"} == {
         f"sample-{i:05d}" for i in (1, 3, 5, 7)}
     assert summary["counts"]["synthesized"] == len(ids) - 5
