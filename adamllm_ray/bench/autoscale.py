@@ -35,7 +35,7 @@ def bench_autoscale(rows: int) -> dict:
     from adamllm_ray.embedded.local_cluster import BIN, AutoscalingLocalCluster, cluster_env
 
     root = Path(__file__).resolve().parents[2]
-    rows = min(rows, 3000)
+    rows = min(rows, 12000)  # enough for a second engine to load on its node while the first works
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         sample_data.write_parquet(sample_data.make_pairs(rows, seed=5, broken=False), tmp / "in", shards=16)
@@ -73,6 +73,7 @@ def bench_autoscale(rows: int) -> dict:
     return {
         "rows": rows, "wall_s": summary["this_run"]["wall_s"], "max_nodes": summary["scaling"]["max_nodes"],
         "engines_over_time": engines,
+        "engines_starting_over_time": [sum(s["engines_starting"].values()) for s in samples],
         "first_row_waiting_to_second_engine_s": round(second - first_wait, 1) if second is not None else None,
         # the stream drains at the last row; the driver then writes the outputs and ends
         "stream_drained_to_node_removed_s": round(removed_s + summary["this_run"]["wall_s"] - last_row, 1)
