@@ -110,16 +110,18 @@ def build_processor(cfg: EngineConfig, preprocess: Callable[[dict], dict], postp
     return stage
 
 
-def skip() -> dict[str, str]:
-    """The preprocess output of a row that needs no request: it goes around the engine."""
-    return {ENGINE_ERROR: SKIPPED}
+def skip(params: dict[str, Any]) -> dict[str, Any]:
+    """The preprocess output of a row that needs no request: it goes around the engine. It has the
+    keys and types of a request row (`ask`): Ray's stage makes one Arrow column of a batch's rows,
+    where a key missing from some rows reads back as null, and an integer beside a null as a float
+    (vLLM refuses `max_tokens` 2.0, and its engine then stops answering)."""
+    return {ENGINE_ERROR: SKIPPED, "prompt": "", "sampling_params": params}
 
 
-def ask() -> dict[str, str]:
-    """The preprocess output of a row that goes to the engine: an empty error, said outright. Beside
-    skipped rows in an Arrow struct column a missing key reads back as null, which Ray's stage takes
-    for an error: the row would go around the engine too."""
-    return {ENGINE_ERROR: ""}
+def ask(prompt: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The preprocess output of a row that goes to the engine, its empty error said outright (a
+    missing one beside skipped rows would read back as null, which Ray's stage takes for an error)."""
+    return {ENGINE_ERROR: "", "prompt": prompt, "sampling_params": params}
 
 
 def engine_error(row: dict[str, Any]) -> str | None:

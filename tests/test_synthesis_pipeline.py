@@ -190,3 +190,27 @@ def test_resume_after_three_hard_kills_equals_an_uninterrupted_run(tmp_path, tin
     reference, ref_errors, _ = outputs(whole)
     assert sorted(train, key=lambda e: e["id"]) == sorted(reference, key=lambda e: e["id"])
     assert sorted(errors, key=lambda e: e["id"]) == sorted(ref_errors, key=lambda e: e["id"])
+
+
+def test_judge_is_asked_only_about_triplets(tmp_path, ray_local, tiny_text):
+    """The test suite's tiny synthesizer writes no triplet, so here the judge stage gets task rows made
+    by hand: a triplet is judged (the engine's text comes back), a row without one and a failed row go
+    around the engine, and every row comes out once."""
+    import ray
+
+    from adamllm_ray import records
+
+    cfg = validate(SynthesisConfig, {
+        "source": {"format": "parquet", "path": str(tmp_path)}, "output": str(tmp_path / "out"), "family": "qwen2_vl",
+        "synthesizer": engine(tiny_text), "judge": engine(tiny_text, max_model_len=2048, sampling={"max_tokens": 2})})
+    base = {"image_path": "images/a.png", "caption": "A red circle.", "caption_prompt": "<image>Describe the image.",
+            "raw_output": "x", "output_tokens": 1, "qa_pairs": [], "triplet": None, "error": None}
+    triplet = {"question": "What colour is the circle?", "precise": "Red", "informative": "The circle is red."}
+    rows = [{**base, "id": "judged", "triplet": triplet}, {**base, "id": "no-triplet"},
+            {**base, "id": "failed", "error": records.error("read", "bad image")}]
+    ds = pipeline.judge_stage(cfg)(ray.data.from_items([records.pack(r) for r in rows]))
+    out = {r["id"]: records.unpack(r) for r in ds.take_all()}
+    assert sorted(out) == ["failed", "judged", "no-triplet"]
+    assert isinstance(out["judged"]["judge_output"], str) and out["judged"]["error"] is None
+    assert out["no-triplet"].get("judge_output") is None and out["no-triplet"]["messages"] is not None
+    assert out["failed"]["error"] == records.error("read", "bad image") and out["failed"]["messages"] is None

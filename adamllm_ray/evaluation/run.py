@@ -119,9 +119,9 @@ def inference_stage(model: EvalModelConfig, plans: list[TaskPlan]):
     def pre(row: dict) -> dict:
         carried = {**{k: row.get(k) for k in CARRIED}, "image": None}  # the engine gets pixels, not bytes
         if row[records.ERROR] is not None:  # no request: the row goes around the engine
-            return {**carried, **engine.skip()}
-        return {**carried, **engine.ask(), "prompt": evaluation_prompt(family, row["prompt_text"]),
-                "multimodal_data": {"image": images.to_pil(row["image"])}, "sampling_params": params[row["task"]]}
+            return {**carried, **engine.skip(params[row["task"]])}
+        return {**carried, **engine.ask(evaluation_prompt(family, row["prompt_text"]), params[row["task"]]),
+                "multimodal_data": {"image": images.to_pil(row["image"])}}
 
     def post(row: dict) -> dict:
         out = {k: row.get(k) for k in CARRIED}

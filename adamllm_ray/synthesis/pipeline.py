@@ -72,9 +72,9 @@ def synthesizer_stage(cfg: SynthesisConfig):
         # IMAGE: None drops the encoded bytes from the row the engine stage carries: it gets the pixels
         carried = {**records.pack({k: row.get(k) for k in CARRIED}), IMAGE: None}
         if failed(row):
-            return {**carried, **engine.skip()}
-        return {**carried, **engine.ask(), "prompt": family.synthesis_prompt(row[records.CAPTION]),
-                "multimodal_data": {"image": images.to_pil(row[IMAGE])}, "sampling_params": params}
+            return {**carried, **engine.skip(params)}
+        return {**carried, **engine.ask(family.synthesis_prompt(row[records.CAPTION]), params),
+                "multimodal_data": {"image": images.to_pil(row[IMAGE])}}
 
     def post(row: dict) -> dict:
         out = records.unpack({k: row.get(k) for k in CARRIED})
@@ -102,8 +102,8 @@ def judge_stage(cfg: SynthesisConfig):
         prompt = judge_prompt_of(records.unpack(row), prompt_text)
         carried = {**{k: row.get(k) for k in columns if k in row}, "judged": prompt is not None}
         if prompt is None:  # no triplet (most rows): no request, the judge's engine never sees the row
-            return {**carried, **engine.skip()}
-        return {**carried, **engine.ask(), "prompt": prompt, "sampling_params": params}
+            return {**carried, **engine.skip(params)}
+        return {**carried, **engine.ask(prompt, params)}
 
     def post(row: dict) -> dict:
         base = records.unpack({k: row.get(k) for k in columns if k in row})
