@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 
@@ -269,6 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"adamllm {args.command}: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as stop:  # Ray's driver handler turns SIGTERM (kill, `ray job stop`) into sys.exit(15)
+        if stop.code != signal.SIGTERM:
+            raise
+        print(f"adamllm {args.command}: stopped (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except Exception as err:  # noqa: BLE001 - the one place errors become messages
         if args.debug:
             raise

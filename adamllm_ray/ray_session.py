@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import threading
 
 from adamllm_ray.config import RayConfig
 
@@ -26,7 +24,6 @@ def ray_session(cfg: RayConfig):
         else:
             ray.init(address=address)
         started = True
-        _interrupt_on_sigterm()
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.progress_bars
     try:
@@ -34,15 +31,3 @@ def ray_session(cfg: RayConfig):
     finally:
         if started:
             ray.shutdown()
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def _interrupt_on_sigterm() -> None:
-    """SIGTERM (`kill PID`, `ray job stop`, a scheduler's stop) ends the job as Ctrl-C does. Ray's
-    driver handler calls sys.exit mid-stream, and the half-stopped pipeline then failed with an
-    unrelated error instead of saying it was stopped."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_interrupt)
