@@ -293,13 +293,10 @@ def test_autoscaler_launches_engine_nodes_for_a_synthesis_job_and_removes_them_w
     asks for 2: no engine fits the head, so the job's rows wait until the autoscaler launches a worker node
     of the one type with room (2 CPUs); every row comes out once; after the idle timeout the worker nodes
     are gone. The driver is `adamllm synthesize` in its own process, attached to the cluster."""
-    import os
-    import subprocess
-
     import yaml
 
     from adamllm_ray.embedded import sample_data
-    from adamllm_ray.embedded.local_cluster import BIN, AutoscalingLocalCluster, cluster_env
+    from adamllm_ray.embedded.local_cluster import AutoscalingLocalCluster
     from conftest import ROOT
 
     rows = sample_data.make_pairs(12, seed=7)
@@ -315,15 +312,8 @@ def test_autoscaler_launches_engine_nodes_for_a_synthesis_job_and_removes_them_w
     with AutoscalingLocalCluster(head_cpus=1, idle_timeout_minutes=idle_s / 60,
                                  worker_types={"engine_node": {"resources": {"CPU": 2}, "max_workers": 2}}) as cluster:
         assert cluster.worker_nodes() == []
-        env = cluster_env({"RAY_ADDRESS": f"127.0.0.1:{cluster.gcs_port}"})
-        with open(tmp_path / "job.log", "w") as log:
-            proc = subprocess.Popen([str(BIN / "adamllm"), "synthesize", "--config", str(tmp_path / "job.yaml")],
-                                    stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
-            try:
-                code = proc.wait(timeout=600)
-            finally:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, 9)
+        code = cluster.run_job(["synthesize", "--config", str(tmp_path / "job.yaml")], tmp_path / "job.log",
+                               str(ROOT), timeout_s=600)
         assert code == 0, (tmp_path / "job.log").read_text()[-4000:]
         ended = time.monotonic()
         deadline = ended + idle_s + 120

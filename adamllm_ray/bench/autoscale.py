@@ -4,8 +4,6 @@ timeline: how long rows wait for engine nodes, how long an idle node stays, rows
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +30,7 @@ def bench_autoscale(rows: int) -> dict:
     removal after the job. On 2 shared cores two engines share the same cores: the ratio shows the
     pool's overhead here, not a cluster's speed-up."""
     from adamllm_ray.embedded import sample_data, tiny
-    from adamllm_ray.embedded.local_cluster import BIN, AutoscalingLocalCluster, cluster_env
+    from adamllm_ray.embedded.local_cluster import AutoscalingLocalCluster
 
     root = Path(__file__).resolve().parents[2]
     rows = min(rows, 12000)  # enough for a second engine to load on its node while the first works
@@ -48,15 +46,7 @@ def bench_autoscale(rows: int) -> dict:
         (tmp / "job.yaml").write_text(yaml.safe_dump(job))
         with AutoscalingLocalCluster(head_cpus=1, idle_timeout_minutes=IDLE_TIMEOUT_S / 60,
                                      worker_types={"engine_node": {"resources": {"CPU": 2}, "max_workers": 2}}) as c:
-            env = cluster_env({"RAY_ADDRESS": f"127.0.0.1:{c.gcs_port}"})
-            with open(tmp / "log", "w") as log:
-                proc = subprocess.Popen([str(BIN / "adamllm"), "synthesize", "--config", str(tmp / "job.yaml")],
-                                        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True)
-                try:
-                    code = proc.wait(timeout=1800)
-                finally:
-                    if proc.poll() is None:
-                        os.killpg(proc.pid, 9)
+            code = c.run_job(["synthesize", "--config", str(tmp / "job.yaml")], tmp / "log", str(root), 1800)
             if code != 0:
                 raise RuntimeError(f"the synthesis job failed:\n{(tmp / 'log').read_text()[-3000:]}")
             ended = time.monotonic()

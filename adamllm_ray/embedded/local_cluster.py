@@ -193,6 +193,19 @@ class AutoscalingLocalCluster(LocalCluster):
         self.config_file.write_text(json.dumps(self.config))
         self.head_args = [f"--autoscaling-config={self.config_file}"]
 
+    def run_job(self, args: list[str], log: Path, cwd: str, timeout_s: float) -> int:
+        """Exit status of `adamllm ARGS` run as a driver of this cluster, in its own process group (killed
+        with it at the timeout), its output in `log`."""
+        env = cluster_env({"RAY_ADDRESS": f"127.0.0.1:{self.gcs_port}"})
+        with open(log, "w") as out:
+            proc = subprocess.Popen([str(BIN / "adamllm"), *args], stdout=out, stderr=subprocess.STDOUT, env=env,
+                                    cwd=cwd, start_new_session=True)
+            try:
+                return proc.wait(timeout=timeout_s)
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, 9)
+
     def worker_nodes(self) -> list:
         """The alive nodes the autoscaler launched (the head excluded)."""
         return [n for n in self.alive_nodes() if "head_node" not in n.resources_total]
