@@ -141,17 +141,22 @@ def _kill_when(cmd, env, ready, timeout=300):
     assert not left, f"processes left 60 s after the kill: {left}"
 
 
-def test_resume_after_three_hard_kills_equals_an_uninterrupted_run(tmp_path, tiny_qwen2_vl):
+def slow_job(tmp_path: Path, model: str) -> tuple[set[str], list[str], dict]:
+    """(ids, command, environment) of a synthesis run of its own Ray slow enough to be stopped part-way:
+    96 rows in 24 files, one engine taking 2 rows at a time."""
     ids = make_input(tmp_path / "in", 96, shards=24, long_caption=False)
     job = {"ray": {"address": "local", "num_cpus": 2, "progress_bars": False},
            "source": {"format": "parquet", "path": str(tmp_path / "in")}, "output": str(tmp_path / "out"),
            "family": "qwen2_vl",
-           "synthesizer": engine(tiny_qwen2_vl, batch_size=2, max_concurrent_batches=1, cpus_per_engine=0.5,
+           "synthesizer": engine(model, batch_size=2, max_concurrent_batches=1, cpus_per_engine=0.5,
                                  sampling={"max_tokens": 48})}
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
     cmd = [sys.executable, "-m", "adamllm_ray.cli", "synthesize", "--config", str(tmp_path / "job.yaml")]
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    env.pop("RAY_ADDRESS")
+    return ids, cmd, {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+
+def test_resume_after_three_hard_kills_equals_an_uninterrupted_run(tmp_path, tiny_qwen2_vl):
+    ids, cmd, env = slow_job(tmp_path, tiny_qwen2_vl)
     out = tmp_path / "out"
 
     def done_rows():  # read only: the running job's files are never touched
