@@ -488,7 +488,7 @@ def test_hadolint_finds_no_warnings(flavour):
 
 # ---------------------------------------------------------------- every job's resources exist in every cluster
 # A request no node type can hold waits for ever: the autoscaler has nothing to launch. The demands are read
-# from the job configs the way engine.py, serving/app.py and training/trainer.py turn them into Ray requests.
+# from the job configs the way engine.py, serving/models.py and training/trainer.py turn them into Ray requests.
 
 JOBS = REPO / "jobs"
 

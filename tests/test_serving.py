@@ -176,6 +176,18 @@ def test_served_evaluator_engine_gets_the_family_pixel_bounds():
     assert models.llm_config(mine, "evaluator").engine_kwargs["mm_processor_kwargs"] == {"max_pixels": 3136}
 
 
+def test_serve_app_with_an_unbuilt_tiny_model_says_how_to_build_it(tmp_path):
+    """`serve run/deploy` of a config whose tiny model is missing, without the prepare hook, stops at build
+    with the fix named (else its engine would fail later, far from the cause)."""
+    from adamllm_ray.serving.app import build_app
+
+    missing = tmp_path / "not-built"
+    with pytest.raises(ValueError) as info:
+        build_app({"config": str(ROOT / "jobs/serve/tiny_cpu.yaml"), "overrides": [f"synthesizer.model={missing}", "judge=null"]})
+    assert str(info.value) == (f"tiny model not built: synthesizer ({missing}); add `prepare: "
+                               f"adamllm_ray.embedded.tiny:ensure_models` to the app's args")
+
+
 # ---------------------------------------------------------------- the running service
 
 REFERENCE_SCRIPT = textwrap.dedent("""

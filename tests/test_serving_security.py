@@ -110,9 +110,10 @@ def test_chat_image_urls_are_never_fetched_without_an_allowed_domain():
                        ("file:///etc/passwd", "file URLs are not accepted"),
                        ("ftp://example.com/x.png", "ftp URLs are not accepted"),
                        ("data:image/png,raw", "a data URL must be base64-encoded"),
-                       ("data:image/png;base64,%%%", "not valid base64")):
+                       ("data:image/png;base64,%%%", "not valid base64"),
+                       ("http://evil.org\x00.example.com/x.png", "not a valid URL (control characters in the host)")):
         with pytest.raises(RequestError) as info:
-            image_bytes(url, "messages[0].content[0].image_url.url", [], 1 << 20)
+            image_bytes(url, "messages[0].content[0].image_url.url", ["example.com"] if "evil" in url else [], 1 << 20)
         assert info.value.status == 400 and str(info.value).startswith(
             "messages[0].content[0].image_url.url: " + start), str(info.value)
     assert host_allowed("img.example.com", ["example.com"]) and not host_allowed("evilexample.com", ["example.com"])
@@ -120,7 +121,7 @@ def test_chat_image_urls_are_never_fetched_without_an_allowed_domain():
 
 class ImageServer:
     """A local HTTP server (127.0.0.1) that records every request: /x.png a PNG, /hold.png the same once
-    `release` is set, /missing 404, /locked 401, /moved a redirect to /x.png, /big 5,000 bytes."""
+    `release` is set, /missing 404, /locked 401, /moved a redirect to /x.png, /big 5,000 bytes, /drip 100 bytes a byte at a time."""
 
     def __init__(self, image: bytes | None = None):
         hits, release = self.hits, self.release = [], threading.Event()
@@ -131,6 +132,16 @@ class ImageServer:
                 hits.append(self.path)
                 if self.path == "/hold.png":
                     release.wait(60)
+                if self.path == "/drip":  # a byte every 0.3 s: each read would be within a per-read timeout
+                    self.send_response(200)
+                    self.send_header("Content-Length", "100")
+                    self.end_headers()
+                    for _ in range(100):
+                        if release.wait(0.3):
+                            return
+                        self.wfile.write(b"\0")
+                        self.wfile.flush()
+                    return
                 status, data, extra = {"/x.png": (200, body, {}), "/hold.png": (200, body, {}),
                                        "/big": (200, b"\0" * 5000, {}), "/missing": (404, b"no such image", {}),
                                        "/locked": (401, b"", {"WWW-Authenticate": "Basic realm=internal"}),
@@ -154,9 +165,10 @@ class ImageServer:
         self.server.server_close()
 
 
-def test_allowed_domains_are_fetched_only_from_public_or_listed_addresses():
+def test_allowed_domains_are_fetched_only_from_public_or_listed_addresses(monkeypatch):
     """An allowed host is fetched only when it resolves to a public address or to an IP the operator listed;
-    no redirect is followed; size limits hold; a 404 and a 401 of the fetched server read the same."""
+    no redirect is followed; size and time limits hold; a 404 and a 401 of the fetched server read the same."""
+    from adamllm_ray.serving import media
     from adamllm_ray.serving.media import image_bytes, resolve
 
     field = "messages[0].content[0].image_url.url"
@@ -178,6 +190,11 @@ def test_allowed_domains_are_fetched_only_from_public_or_listed_addresses():
         big = refusal(base + "/big", ["127.0.0.1"], max_bytes=4096)
         assert big.status == 413 and str(big) == f"{field}: the image at that URL is over 4,096 bytes"
         assert server.hits == ["/x.png", "/missing", "/locked", "/moved", "/big"]  # the redirect was not followed
+        monkeypatch.setattr(media, "FETCH_TIMEOUT_S", 1.0)  # the limit is for the whole fetch, not per read
+        started = time.monotonic()
+        assert str(refusal(base + "/drip", ["127.0.0.1"])) == failed
+        assert time.monotonic() - started < 2.5
+        server.hits.remove("/drip")
 
         # a listed name that resolves to loopback: refused before any connection
         local = refusal(f"http://localhost:{server.port}/x.png", ["localhost"])

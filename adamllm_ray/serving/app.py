@@ -22,6 +22,7 @@ the benchmark.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 from adamllm_ray.config import load_config
@@ -43,4 +44,9 @@ def build_app(args: dict[str, Any]):
     if args.get("prepare"):
         module, _, name = str(args["prepare"]).partition(":")
         getattr(importlib.import_module(module), name)(cfg)
+    missing = [f"{role} ({ep.model})" for role, ep in cfg.endpoints().items()
+               if ep.tiny and not os.path.exists(ep.model)]
+    if missing:  # a tiny model is built by a prepare hook: without one its engine would fail much later
+        raise ValueError(f"tiny model not built: {', '.join(missing)}; add `prepare: "
+                         f"adamllm_ray.embedded.tiny:ensure_models` to the app's args")
     return application(cfg)

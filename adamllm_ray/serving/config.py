@@ -21,7 +21,7 @@ class ModelEndpointConfig(EngineConfig):
     upscale_delay_s: float = Field(30.0, ge=0)  # Serve waits this long over target before adding a replica
     downscale_delay_s: float = Field(600.0, ge=0)  # and this long under it before removing one
     look_back_period_s: float = Field(30.0, gt=0)  # the window Serve averages ongoing requests over
-    tiny: Literal["qwen2_vl", "llava_next_llama3", "mllama", "text"] | None = None  # build this tiny model at `model` when it is missing
+    tiny: Literal["qwen2_vl", "llava_next_llama3", "mllama", "text"] | None = None  # built at `model` by a prepare hook
     family: Literal["qwen2_vl", "llava_next_llama3", "mllama"] | None = None  # the evaluator's chat format; default: `family`
 
 

@@ -159,7 +159,7 @@ class TaskIngress(OpenAiIngress):
             return "no answer"
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
-        """ray.serve.llm's chat route, with every image checked (and none fetched) before a model sees it."""
+        """ray.serve.llm's chat route, with every image checked (and fetched only as media.py allows) before a model sees it."""
         ingress = self.cfg.ingress
         body.messages = await media.checked_messages(body.messages, self.cfg.images, list(ingress.image_url_domains),
                                                      ingress.max_request_bytes)

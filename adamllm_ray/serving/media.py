@@ -89,7 +89,11 @@ class _PinnedTLS(http.client.HTTPSConnection):
 
     def connect(self):
         sock = socket.create_connection((self.address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        try:
+            self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:  # a failed handshake: the plain socket is not ours to leak
+            sock.close()
+            raise
 
 
 def fetch(url: str, domains: list[str], max_bytes: int, field: str) -> bytes:
@@ -105,18 +109,29 @@ def fetch(url: str, domains: list[str], max_bytes: int, field: str) -> bytes:
     address = resolve(parts.hostname or "", port, domains, field)
     failed = RequestError(field, "the image could not be fetched from that URL")
     deadline = time.monotonic() + FETCH_TIMEOUT_S
-    conn = (_PinnedTLS if tls else _Pinned)(parts.hostname, address, port, FETCH_TIMEOUT_S)
+
+    def left() -> None:  # the socket's timeout is per operation: each one gets what is left of the whole
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise failed
+        sock.settimeout(remaining)
+
+    conn = None
     try:
+        conn = (_PinnedTLS if tls else _Pinned)(parts.hostname, address, port, FETCH_TIMEOUT_S)
+        conn.connect()
+        sock = conn.sock  # kept: http.client lets go of it once a response will close the connection
+        left()
         conn.request("GET", urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, "")),
                      headers={"User-Agent": "adamllm-ray", "Accept": "image/*"})
+        left()
         response = conn.getresponse()
         if response.status != 200:
             raise failed
         chunks, size = [], 0
         while size <= max_bytes:
-            if time.monotonic() > deadline:
-                raise failed
-            chunk = response.read(min(65536, max_bytes + 1 - size))
+            left()
+            chunk = response.read1(min(65536, max_bytes + 1 - size))  # what has come, not a full count
             if not chunk:
                 break
             chunks.append(chunk)
@@ -124,7 +139,8 @@ def fetch(url: str, domains: list[str], max_bytes: int, field: str) -> bytes:
     except (OSError, http.client.HTTPException, ValueError):
         raise failed from None
     finally:
-        conn.close()
+        if conn is not None:
+            conn.close()
     if size > max_bytes:
         raise RequestError(field, f"the image at that URL is over {max_bytes:,} bytes", 413)
     return b"".join(chunks)
@@ -146,6 +162,8 @@ def image_bytes(url: Any, field: str, domains: list[str], max_bytes: int) -> byt
             raise RequestError(field, f"not valid base64 ({err})") from None
     if scheme in ("http", "https"):
         host = urllib.parse.urlsplit(url).hostname or ""
+        if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in host):  # a NUL would cut the name the resolver sees
+            raise RequestError(field, "not a valid URL (control characters in the host)")
         if not domains or not host_allowed(host, domains):
             raise RequestError(field, "remote image URLs are not fetched by this service; send the image inline "
                                       "as a data URL (data:image/png;base64,...)"
@@ -191,10 +209,21 @@ async def checked_messages(messages: Any, limits: ImageLimits, domains: list[str
     if not isinstance(messages, list) or not any(isinstance(m, dict) and isinstance(m.get("content"), list)
                                                  for m in messages):
         return _check_messages(messages, limits, domains, max_bytes)
-    if domains:
+    if domains and _remote(messages):
         return await asyncio.get_running_loop().run_in_executor(
             _fetchers(), _check_messages, messages, limits, domains, max_bytes)
     return await asyncio.to_thread(_check_messages, messages, limits, domains, max_bytes)
+
+
+def _remote(messages: list) -> bool:
+    """Whether any image part names an http(s) URL (inline images never wait behind remote fetches)."""
+    for m in messages:
+        for part in m.get("content") if isinstance(m, dict) and isinstance(m.get("content"), list) else ():
+            image = part.get("image_url") if isinstance(part, dict) else None
+            url = image.get("url") if isinstance(image, dict) else image
+            if isinstance(url, str) and url.strip().lower().startswith(("http:", "https:")):
+                return True
+    return False
 
 
 @functools.cache
