@@ -204,7 +204,8 @@ def test_allowed_domains_are_fetched_only_from_public_or_listed_addresses(monkey
         assert len(server.hits) == 5
     finally:
         server.close()
-    for address in ("10.1.2.3", "169.254.169.254", "::ffff:127.0.0.1", "224.0.0.1", "0.0.0.0", "100.64.0.1"):
+    for address in ("10.1.2.3", "169.254.169.254", "::ffff:127.0.0.1", "224.0.0.1", "0.0.0.0", "100.64.0.1",
+                    "2002:a01:203::1", "64:ff9b::a01:203"):  # 10.1.2.3 through 6to4 and NAT64
         with pytest.raises(RequestError):
             resolve(address, 80, ["example.com"], field)
     assert resolve("10.1.2.3", 80, ["10.1.2.3"], field) == "10.1.2.3"  # listed explicitly by the operator

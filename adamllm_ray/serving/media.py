@@ -48,9 +48,16 @@ def _listed_ips(domains: list[str]) -> set:
     return listed
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def _public(address) -> bool:
-    if address.version == 6 and address.ipv4_mapped:
-        address = address.ipv4_mapped
+    """Public, and so is any IPv4 address it carries (mapped, 6to4, NAT64: each can reach an IPv4 host)."""
+    if address.version == 6:
+        embedded = address.ipv4_mapped or address.sixtofour or (
+            ipaddress.IPv4Address(int(address) & 0xFFFFFFFF) if address in NAT64 else None)
+        if embedded is not None and not _public(embedded):
+            return False
     return address.is_global and not (address.is_multicast or address.is_reserved or address.is_link_local)
 
 
