@@ -13,13 +13,12 @@ The timeline goes into summary.json / metrics.json under "scaling" and is drawn 
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import threading
 import time
 from typing import Any, Callable
-
-from ray.data._internal.execution.execution_callback import ExecutionCallback
 
 from adamllm_ray import storage
 
@@ -58,10 +57,10 @@ def _executor_rows(executor) -> dict[str, int]:
     return rows
 
 
-class EngineRows(ExecutionCallback):
+class EngineRows:
     """Keeps the Ray Data executions of this process in view, so `engine_rows` can read their engine
     operators' row counts while they run and after they end (Ray Data itself only exports them to
-    Prometheus)."""
+    Prometheus). Registered as a Ray Data execution callback by `watch_engine_rows`."""
 
     lock = threading.Lock()
     running: list = []
@@ -87,8 +86,17 @@ def watch_engine_rows() -> None:
     from ray.data import DataContext
 
     callbacks = DataContext.get_current().custom_execution_callback_classes
-    if EngineRows not in callbacks:
-        callbacks.append(EngineRows)
+    if _callback_class() not in callbacks:
+        callbacks.append(_callback_class())
+
+
+@functools.cache
+def _callback_class() -> type:
+    """EngineRows as Ray Data's callback type, made when first needed: importing Ray here would load it
+    for commands that never start it (--show-prompts)."""
+    from ray.data._internal.execution.execution_callback import ExecutionCallback
+
+    return type("EngineRowsCallback", (EngineRows, ExecutionCallback), {})
 
 
 def engine_rows() -> dict[str, int]:
