@@ -60,21 +60,38 @@ def engine_kwargs(cfg: EngineConfig, multimodal: bool) -> dict[str, Any]:
     return kw
 
 
+ENV_FOR_ENGINES = ("VLLM_CACHE_ROOT", "HF_HUB_OFFLINE", "AWS_ENDPOINT_URL", "AWS_REGION", "TOKENIZERS_PARALLELISM")
+
+
+def engine_env(cfg: EngineConfig) -> dict[str, str]:
+    """What an engine's process needs from the driver's environment (caches, offline mode, S3), and on CPU
+    its KV cache size. Batch jobs and served models alike."""
+    env = {k: os.environ[k] for k in ENV_FOR_ENGINES if os.environ.get(k)}
+    if cfg.accelerator == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kvcache_gib)
+    return env
+
+
+def cpu_placement(cfg: EngineConfig) -> dict[str, Any]:
+    """On CPU an engine's placement bundle (else Ray's LLM wrappers reserve a GPU and wait for ever)."""
+    return {"placement_group_config": {"bundles": [{"CPU": cfg.cpus_per_engine}]}} if cfg.accelerator == "cpu" else {}
+
+
+def pool_range(value: int | list | tuple) -> tuple[int, int]:
+    """(min, max) of an engine pool or replica count: an int is a fixed size."""
+    return (value, value) if isinstance(value, int) else (value[0], value[1])
+
+
 def processor_config(cfg: EngineConfig, multimodal: bool):
     from ray.data.llm import vLLMEngineProcessorConfig
 
-    env = {"VLLM_CPU_KVCACHE_SPACE": str(cfg.cpu_kvcache_gib)} if cfg.accelerator == "cpu" else {}
-    for k in ("VLLM_CACHE_ROOT", "HF_HUB_OFFLINE", "AWS_ENDPOINT_URL", "AWS_REGION"):
-        if os.environ.get(k):
-            env.setdefault(k, os.environ[k])
-    extra: dict[str, Any] = {}
-    if cfg.accelerator == "cpu":
-        extra["placement_group_config"] = {"bundles": [{"CPU": cfg.cpus_per_engine}]}
+    env = engine_env(cfg)
+    extra = cpu_placement(cfg)
     return vLLMEngineProcessorConfig(
         model_source=model_source(cfg.model),
         engine_kwargs=engine_kwargs(cfg, multimodal),
         # an int is a fixed pool here (Ray's processor would read it as an autoscaling pool of 1..n)
-        concurrency=(cfg.concurrency, cfg.concurrency) if isinstance(cfg.concurrency, int) else tuple(cfg.concurrency),
+        concurrency=pool_range(cfg.concurrency),
         batch_size=cfg.batch_size,
         max_concurrent_batches=cfg.max_concurrent_batches,
         should_continue_on_error=True,

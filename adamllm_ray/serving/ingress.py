@@ -37,7 +37,7 @@ from adamllm_ray.serving import media
 from adamllm_ray.serving.config import IngressConfig, ServeConfig
 from adamllm_ray.serving.guard import (PARSED, Guard, check_exposure, error_response, request_error_response,
                                        resolve_key)
-from adamllm_ray.serving.models import model_deployments, replica_range
+from adamllm_ray.serving.models import model_deployments
 from adamllm_ray.serving.requests import RequestError, parse_evaluate, parse_synthesize, read_body
 from adamllm_ray.synthesis.filter import load_judge_prompt
 from adamllm_ray.synthesis.pipeline import image_name, synthesis_sampling
@@ -283,7 +283,7 @@ def _endpoint_map():
 def ingress_options(ingress: IngressConfig) -> dict[str, Any]:
     """The Guard counts running and queued requests once their bodies are in; Serve's own bound sits above
     it, so bodies still arriving, /healthz and GETs never wait behind it."""
-    lo, hi = replica_range(ingress.replicas)
+    lo, hi = engine.pool_range(ingress.replicas)
     outer = ingress.max_ongoing_requests + ingress.max_queued_requests + STALL_HEADROOM
     return {
         "name": INGRESS_NAME,

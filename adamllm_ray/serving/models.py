@@ -3,7 +3,6 @@ settings the batch jobs give the same model in the same role."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from typing import Any
 
@@ -13,9 +12,6 @@ from ray.serve.llm.deployment import LLMServer
 from adamllm_ray import engine, images
 from adamllm_ray.evaluation.prompts import engine_kwargs as evaluation_engine_kwargs
 from adamllm_ray.serving.config import ModelEndpointConfig, ServeConfig
-
-ENV_FOR_ENGINES = ("VLLM_CACHE_ROOT", "HF_HUB_OFFLINE", "AWS_ENDPOINT_URL", "AWS_REGION", "TOKENIZERS_PARALLELISM")
-
 
 class RawPromptServer(LLMServer):
     """ray.serve.llm's model server plus the batch pipeline's way of asking a model: a raw prompt in
@@ -41,10 +37,6 @@ class RawPromptServer(LLMServer):
                 "prompt_tokens": len(final.prompt_token_ids or [])}
 
 
-def replica_range(value: int | tuple[int, int]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (value[0], value[1])
-
-
 def role_engine_kwargs(cfg: ServeConfig, section: str) -> dict[str, Any]:
     """A served model's vLLM engine kwargs, built as its batch job builds them: the evaluator as batch
     evaluation does (its family's image processor settings, Qwen2-VL's pixel bounds, under the configured
@@ -61,7 +53,7 @@ def llm_config(cfg: ServeConfig, section: str) -> LLMConfig:
     endpoint's replica range. On CPU the engine gets a CPU placement bundle (else it waits for a GPU for
     ever) and the replica actor reserves nothing beyond it."""
     ep: ModelEndpointConfig = cfg.endpoints()[section]
-    lo, hi = replica_range(ep.concurrency)
+    lo, hi = engine.pool_range(ep.concurrency)
     deployment: dict[str, Any] = {
         "max_ongoing_requests": ep.max_ongoing_requests,
         "autoscaling_config": {"min_replicas": lo, "initial_replicas": lo, "max_replicas": hi,
@@ -69,11 +61,8 @@ def llm_config(cfg: ServeConfig, section: str) -> LLMConfig:
                                "upscale_delay_s": ep.upscale_delay_s, "downscale_delay_s": ep.downscale_delay_s,
                                "look_back_period_s": ep.look_back_period_s},
     }
-    env = {k: os.environ[k] for k in ENV_FOR_ENGINES if os.environ.get(k)}
-    extra: dict[str, Any] = {}
+    extra = engine.cpu_placement(ep)
     if ep.accelerator == "cpu":
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(ep.cpu_kvcache_gib)
-        extra["placement_group_config"] = {"bundles": [{"CPU": ep.cpus_per_engine}]}
         deployment["ray_actor_options"] = {"num_cpus": 0}
     elif ep.accelerator_type:
         extra["accelerator_type"] = ep.accelerator_type
@@ -81,7 +70,7 @@ def llm_config(cfg: ServeConfig, section: str) -> LLMConfig:
         model_loading_config={"model_id": ep.name, "model_source": engine.model_source(ep.model)},
         engine_kwargs=role_engine_kwargs(cfg, section),
         deployment_config=deployment,
-        runtime_env={"env_vars": env},
+        runtime_env={"env_vars": engine.engine_env(ep)},
         **extra,
     )
 
