@@ -14,6 +14,7 @@ optionally `multimodal_data` ({"image": PIL image}) and `sampling_params`. vLLM 
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Callable
 
@@ -63,13 +64,25 @@ def engine_kwargs(cfg: EngineConfig, multimodal: bool) -> dict[str, Any]:
 ENV_FOR_ENGINES = ("VLLM_CACHE_ROOT", "HF_HUB_OFFLINE", "AWS_ENDPOINT_URL", "AWS_REGION", "TOKENIZERS_PARALLELISM")
 
 
+def job_env_vars() -> dict[str, str]:
+    """The variables a submitted job's runtime env (`adamllm submit --runtime-env`) already gives every
+    worker of the job: Ray refuses a ray.init runtime env that names any of them again, even with the
+    same value, so the engines' env leaves them to the job."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return {}
+    return (json.loads(raw).get("runtime_env") or {}).get("env_vars") or {}
+
+
 def engine_env(cfg: EngineConfig) -> dict[str, str]:
     """What an engine's process needs from the driver's environment (caches, offline mode, S3), and on CPU
-    its KV cache size. Batch jobs and served models alike."""
+    its KV cache size, less what the job's runtime env sets (there the job's value holds). Batch jobs and
+    served models alike."""
     env = {k: os.environ[k] for k in ENV_FOR_ENGINES if os.environ.get(k)}
     if cfg.accelerator == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kvcache_gib)
-    return env
+    job = job_env_vars()
+    return {k: v for k, v in env.items() if k not in job}
 
 
 def cpu_placement(cfg: EngineConfig) -> dict[str, Any]:

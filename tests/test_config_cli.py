@@ -97,6 +97,28 @@ def test_engine_pool_size_is_fixed_or_a_range():
     assert scaling.get_concurrency() == {"min_size": 1, "max_size": 4}
 
 
+def test_engine_env_leaves_a_submitted_jobs_variables_to_the_job(monkeypatch):
+    """Inside `adamllm submit`, Ray refuses a ray.init runtime env naming a variable the job's runtime env
+    sets (jobs/runtime_env.yaml sets TOKENIZERS_PARALLELISM): the engines' env must not name it again."""
+    import json
+
+    import yaml
+
+    from adamllm_ray import engine
+    from adamllm_ray.config import EngineConfig
+    from conftest import ROOT
+
+    job_env = yaml.safe_load((ROOT / "jobs" / "runtime_env.yaml").read_text())
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    alone = engine.engine_env(EngineConfig(model="m"))
+    assert alone["TOKENIZERS_PARALLELISM"] == "false" and alone["HF_HUB_OFFLINE"] == "1"
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": job_env}))
+    in_job = engine.engine_env(EngineConfig(model="m"))
+    assert not set(in_job) & set(job_env["env_vars"])
+    assert in_job["HF_HUB_OFFLINE"] == "1" and in_job["VLLM_CPU_KVCACHE_SPACE"]
+
+
 def test_unknown_placement_strategy_is_named():
     from adamllm_ray.training.config import TrainConfig
     from conftest import ROOT
