@@ -42,3 +42,28 @@ def test_a_line_repeated_by_the_same_process_is_printed_once():
     step = "step 1/150 loss 7.2772 lr 0.000667 2917 tokens 0.644s"
     assert benign([step, step, "step 2/150"], shutting_down=False) == [False, True, False]
     assert benign([step], shutting_down=False, previous=step) == [True]
+
+
+ROUTINE = [  # once per actor or worker of a healthy demo run (Ray 2.60, Ray Train v2, DeepSpeed on CPU)
+    "[2026-12-05 06:29:09,998 E 10878 10908] core_worker.cc:2465: Actor with class name: 'PreemptionWatcher' and "
+    "ID: '496b6c16c365130e37b20a1501000000' has constructor arguments in the object store and max_restarts > 0. If "
+    "the arguments in the object store go out of scope or are lost, the actor restart will fail. See "
+    "https://github.com/ray-project/ray/issues/53727 for more details.",
+    "Requesting resources: {'CPU': 1.0} * 2",
+    "Attempting to start training worker group of size 2 with the following resources: [{'CPU': 1.0}] * 2",
+    "Started training worker group of size 2: ",
+    "- (ip=192.0.2.2, pid=10972) world_rank=0, local_rank=0, node_rank=0",
+    "Setting up process group for: env:// [rank=0, world_size=2]",
+    "[2026-12-05 06:29:10,020] [WARNING] [real_accelerator.py:213:get_accelerator] Setting accelerator to CPU. If you "
+    "have GPU or other accelerator, we were unable to detect it.",
+    "Progress bars disabled. To enable, set `ray.data.DataContext.get_current().enable_progress_bars = True`.",
+]
+OTHER_RAY_ERRORS = [
+    "[2026-12-05 06:29:12,242 E 11114 11203] core_worker.cc:1020: Failed to register worker to Raylet: IOError",
+    "Training worker group of size 2 failed to start: resources not available",
+]
+
+
+def test_routine_lines_of_a_healthy_run_are_dropped_and_other_errors_kept():
+    assert benign(ROUTINE, shutting_down=False) == [True] * len(ROUTINE)
+    assert benign(OTHER_RAY_ERRORS, shutting_down=False) == [False] * len(OTHER_RAY_ERRORS)

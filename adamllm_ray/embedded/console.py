@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 
 # Lines that healthy engine shutdowns print in Ray's workers. When Ray Data releases an engine actor,
 # Python's multiprocessing resource tracker of the engine's processes is stopped before they
@@ -17,6 +18,15 @@ _TRACKER = re.compile(r"multiprocessing/resource_tracker\.py|cache\[rtype\]\.rem
 # API, which a local Ray without a dashboard never offers: a warning every few seconds, and with a
 # second Ray on the machine a traceback when its address lookup finds both. Its output is left out.
 _QUIET_ACTORS = {"PlacementGroupCleaner"}
+# Routine lines of healthy runs, printed once per actor or worker: Ray (2.51+) flags every restartable
+# actor whose constructor arguments sit in the object store, at error level (ray-project/ray#53727:
+# only a restart after those arguments are lost would fail); Ray Train's controller narrates its worker
+# group; DeepSpeed says it runs on CPU; Ray Data says its progress bars are off in the coordinator that
+# streams the training set (the workers' step lines say how training goes).
+_ROUTINE = re.compile(r"core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the object store"
+                      r"|Requesting resources: |Attempting to start training worker group|Started training worker group"
+                      r"|^- \(ip=[^)]*, pid=\d+\) world_rank=|Setting up process group for: "
+                      r"|Setting accelerator to CPU|Progress bars disabled\. To enable")
 _SHUTDOWN_STARTS = re.compile(r"Shutting down vLLM engine|\[shutdown\] MPClient")
 _SHUTDOWN = re.compile(r"\[async_llm\.py:\d+\]|EngineDeadError|\[shutdown\]|engine core exited unexpectedly"
                        r"|Parent process exited, terminating worker queues")
@@ -27,6 +37,8 @@ def quiet() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # engine INFO lines: one screen per engine start
+    # Ray Train sets a Ray Data option that Ray itself has deprecated: nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r".*ExecutionOptions\.exclude_resources. is deprecated")
 
 
 def benign(lines: list[str], shutting_down: bool, previous: str | None = None) -> list[bool]:
@@ -38,7 +50,8 @@ def benign(lines: list[str], shutting_down: bool, previous: str | None = None) -
         tracker = bool(_TRACKER.search(line)) or (line.strip() == "Traceback (most recent call last):"
                                                   and bool(_TRACKER.search(nxt)))
         repeat = line == (lines[i - 1] if i else previous)
-        drop.append(tracker or repeat or (shutting_down and bool(_SHUTDOWN.search(line))))
+        drop.append(tracker or repeat or bool(_ROUTINE.search(line))
+                    or (shutting_down and bool(_SHUTDOWN.search(line))))
     return drop
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from adamllm_ray import sources, storage
 from adamllm_ray.config import ImageLimits
+from adamllm_ray.engine import pool_range
 from adamllm_ray.families import get_family
 from adamllm_ray.training.config import TrainDataConfig
 from adamllm_ray.training.download import load_images, load_processor
@@ -205,12 +206,13 @@ def build_dataset(examples: list[dict], model: str, family: str, cfg: TrainDataC
     import ray
 
     blocks = max(1, min(len(examples) // cfg.map_batch_size, 2000))
+    low, high = pool_range(cfg.map_concurrency)
     ds = ray.data.from_items(examples, override_num_blocks=blocks)
     ds = ds.map_batches(
         EncodeBatch, fn_constructor_kwargs=dict(model=model, family=family, max_length=cfg.max_length,
                                                 synthesizer=cfg.synthesizer_tuning, limits=cfg.images),
         batch_format="pyarrow", batch_size=cfg.map_batch_size, num_cpus=cfg.map_num_cpus,
-        concurrency=cfg.map_concurrency)
+        compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high))
     # The stream runs in a coordinator actor whose progress bars reach the console as repeated lines;
     # the workers' step lines say how training goes.
     ds.context.enable_progress_bars = False

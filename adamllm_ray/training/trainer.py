@@ -16,6 +16,7 @@ import time
 
 from adamllm_ray import storage
 from adamllm_ray.config import dump_config
+from adamllm_ray.engine import pool_range
 from adamllm_ray.training.config import TrainConfig
 from adamllm_ray.training import data
 from adamllm_ray.training.loop import STATE_FILE, TrainState, train_loop_per_worker
@@ -77,7 +78,7 @@ def check_resources(cfg: TrainConfig) -> None:
             f"scaling asks for {n} GPU worker(s) (scaling.use_gpu=true) but the Ray cluster has "
             f"{int(have.get('GPU', 0))} GPU(s). Set scaling.use_gpu=false to train on CPU, or "
             f"scaling.wait_for_resources=true on a cluster that autoscales GPU nodes.")
-    actors = cfg.data.map_concurrency if isinstance(cfg.data.map_concurrency, int) else cfg.data.map_concurrency[0]
+    actors = pool_range(cfg.data.map_concurrency)[0]
     need_cpu = n * cfg.scaling.cpus_per_worker + actors * cfg.data.map_num_cpus
     if have.get("CPU", 0) < need_cpu:
         raise TrainError(
