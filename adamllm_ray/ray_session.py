@@ -7,23 +7,34 @@ from __future__ import annotations
 import contextlib
 import os
 
+from adamllm_ray import worker_logs
 from adamllm_ray.config import RayConfig
+
+
+def init_ray(cfg: RayConfig, num_cpus: int | None = None) -> bool:
+    """Start or join Ray as `cfg` says, unless it is initialised; True when this call did. `num_cpus` is
+    a private instance's CPU count when `cfg.num_cpus` gives none (else all the machine's). The workers'
+    logs reach the console without the noise of healthy runs (worker_logs.py)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS") or cfg.address
+    if address == "local":
+        # Ray Train's print patch logs each print of a worker and also prints it: every line twice.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+        ray.init(address="local", num_cpus=cfg.num_cpus or num_cpus, include_dashboard=False)
+    else:
+        ray.init(address=address)
+    worker_logs.filter_worker_logs()
+    return True
 
 
 @contextlib.contextmanager
 def ray_session(cfg: RayConfig):
     import ray
 
-    started = False
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS") or cfg.address
-        if address == "local":
-            # Ray Train's print patch logs each print of a worker and also prints it: every line twice.
-            os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-            ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False)
-        else:
-            ray.init(address=address)
-        started = True
+    started = init_ray(cfg)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.progress_bars
     try:

@@ -1,8 +1,9 @@
-"""The demo's console filter: the resource-tracker tracebacks and engine-lost errors that healthy
-engine shutdowns print in Ray's workers are left out; every other line, real errors included, stays.
+"""The filter of the workers' logs (every command that starts Ray): the resource-tracker tracebacks and
+engine-lost errors that healthy engine shutdowns print in Ray's workers, and the routine lines of
+healthy runs, are left out; every other line, real errors included, stays.
 The lines are as a demo run printed them (vLLM 0.29 on CPU, Python 3.11)."""
 
-from adamllm_ray.embedded.console import benign
+from adamllm_ray.worker_logs import benign
 
 TRACKER_BLOCK = [
     "Traceback (most recent call last):",

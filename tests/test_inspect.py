@@ -124,6 +124,13 @@ def page_info(page) -> str:
     return page.inner_text("#page-info")
 
 
+def follow(page, selector: str) -> None:
+    """Click a link or submit button and wait for the page it loads (a click alone returns before the
+    navigation ends, and what is read next could be the previous page)."""
+    with page.expect_navigation():
+        page.click(selector)
+
+
 # ---------------------------------------------------------------- synthesis view in the browser
 
 
@@ -136,7 +143,7 @@ def test_filter_by_verdict_and_error_stage(server, runs, page):
     assert page_info(page).startswith(f"page 1 of {-(-len(rows) // PAGE)} ({len(rows)} rows)")
 
     page.select_option("#f-verdict", "no")
-    page.click("#apply")
+    follow(page, "#apply")
     want = [r["id"] for r in rows if r["verdict"] == "no"]
     got = shown(page)
     assert got and all(r["verdict"] == "no" for r in got)
@@ -145,7 +152,7 @@ def test_filter_by_verdict_and_error_stage(server, runs, page):
 
     page.select_option("#f-verdict", "")
     page.select_option("#f-stage", "read")
-    page.click("#apply")
+    follow(page, "#apply")
     want = [r["id"] for r in rows if r["error"] and r["error"]["stage"] == "read"]
     got = shown(page)
     assert want and [r["id"] for r in got] == want
@@ -157,7 +164,7 @@ def test_filter_by_verdict_and_error_stage(server, runs, page):
     page.select_option("#f-status", "kept")
     page.select_option("#f-triplet", "yes")
     page.fill("#f-q", "What color is the BACKGROUND")
-    page.click("#apply")
+    follow(page, "#apply")
     want = [r["id"] for r in rows if r["response"] is not None and r["triplet"] is not None
             and any(p["question"].lower() == "what color is the background?" for p in r["qa_pairs"] or [])]
     assert want and [r["id"] for r in shown(page)] == want[:PAGE]
@@ -169,7 +176,7 @@ def test_row_page_equals_the_run_files(server, runs, page):
     train = {e["id"]: e for e in json.loads((runs["synth"] / "train.json").read_text())}
     kept = next(r for r in rows if r["response"] is not None)
     page.goto(f"{server}/r/0/?status=kept")
-    page.click(f"tr.row[data-id='{kept['id']}'] a.open")
+    follow(page, f"tr.row[data-id='{kept['id']}'] a.open")
     assert page.inner_text("#caption") == kept["caption"]
     assert page.inner_text("#caption-prompt") == kept["caption_prompt"]
     pairs = page.eval_on_selector_all(
@@ -207,11 +214,11 @@ def test_page_to_the_end(server, runs, page):
         seen += [r["id"] for r in shown(page)]
         if page.locator("#next").count() == 0:
             break
-        page.click("#next")
+        follow(page, "#next")
     assert seen == ids
     assert page_info(page).startswith(f"page {pages} of {pages}")
     page.goto(f"{server}/r/0/")
-    page.click("#last")
+    follow(page, "#last")
     assert len(shown(page)) == len(ids) - (pages - 1) * PAGE
 
 
@@ -223,12 +230,12 @@ def test_evaluation_view_filters_wrong_answers(server, runs, page):
     assert cells.nth(0).inner_text().startswith(f"{metrics['results']['before']['slake']['scores']['open']:.1f}")
     assert "(paper Qwen2-VL-2B: 50.0)" in cells.nth(0).inner_text()  # SPEC.md section 4, SLAKE open
 
-    page.click("text=SLAKE >> nth=0")
+    follow(page, "text=SLAKE >> nth=0")
     assert page.locator("tr.example").count() == 12
     assert page.locator("tr.example td[data-model='before']").count() == 12  # both models side by side
     assert page.locator("tr.example td[data-model='after']").count() == 12
     page.select_option("#f-wrong", "after")
-    page.click("#apply")
+    follow(page, "#apply")
     preds = [json.loads(x) for x in (runs["eval"] / "predictions" / "after" / "slake.jsonl").read_text().splitlines()]
     errors = (runs["eval"] / "errors" / "after" / "slake.jsonl").read_text().splitlines()
     want = len(errors) + sum(p["prediction"] != p["label"] for p in preds)
@@ -242,11 +249,11 @@ def test_evaluation_view_filters_wrong_answers(server, runs, page):
 @browser_test
 def test_two_evaluation_runs_side_by_side(server, runs, page):
     page.goto(server + "/")
-    page.click("a.compare >> text=slake")
+    follow(page, "a.compare >> text=slake")
     for model in ("1:before", "1:after", "5:base", "5:tuned"):
         assert page.locator(f"tr.example td[data-model='{model}']").count() == 12
     page.select_option("#f-wrong", "5:tuned")
-    page.click("#apply")
+    follow(page, "#apply")
     preds = [json.loads(x) for x in (runs["eval2"] / "predictions" / "tuned" / "slake.jsonl").read_text().splitlines()]
     errors = (runs["eval2"] / "errors" / "tuned" / "slake.jsonl").read_text().splitlines()
     got = page.eval_on_selector_all("tr.example td[data-model='5:tuned']", "ts => ts.map(t => t.dataset.wrong)")
@@ -405,3 +412,21 @@ def test_a_run_on_s3(runs, s3_prefix, tmp_path, monkeypatch):
     assert json.loads(run.row(kept["id"])["example_text"]) == train[kept["id"]]
     rel, data = run.image(kept["id"])
     assert data == (runs["synth"] / rel).read_bytes()
+
+
+def test_example_scores_are_the_papers_metrics_per_example():
+    """One prediction's score in the inspector is the task's metric (SPEC.md section 4) on that example."""
+    from adamllm_ray.inspect.evaluation import example_score
+
+    assert example_score("slake", {"id": 0, "prediction": "liver", "label": "liver", "answer_type": "OPEN"}, 0) \
+        == (100.0, False)
+    assert example_score("vqa_rad", {"id": "a", "prediction": "yes", "label": "no", "answer_type": "CLOSED"}, 3) \
+        == (0.0, False)
+    options = ["heart", "lung", "liver", "brain"]
+    assert example_score("pmc_vqa", {"id": 1, "prediction": "B: lung", "label": "B", "options": options}, 1) \
+        == (100.0, False)
+    score, guessed = example_score("pmc_vqa", {"id": 2, "prediction": "I cannot tell.", "label": "B",
+                                               "options": options}, 2)
+    assert guessed and score in (0.0, 100.0)
+    assert example_score("recipe1m", {"id": 3, "prediction": "mix the flour", "label": "mix the flour"}, 3) \
+        == (100.0, False)

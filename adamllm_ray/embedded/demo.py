@@ -140,7 +140,6 @@ def run(out: str = DEFAULT_OUT, n: int = 48) -> dict:
     steps = Steps()
     console.quiet()
     with ray_session(RayConfig(address="local", num_cpus=4)):
-        console.filter_worker_logs()
         inputs = steps.run("build tiny models, sample pairs, mini-benchmark",
                            lambda r: f"{n} sample pairs, {BENCHMARK_SIZE} examples per task, models in {out_dir / 'models'}",
                            build_inputs, out_dir, n)
@@ -167,13 +166,15 @@ def run(out: str = DEFAULT_OUT, n: int = 48) -> dict:
                       "kept_share": round(c["kept"] / good, 3) if good else 0.0,
                       **{k: c[k] for k in ("read", "bad_input", "triplets", "verdicts", "kept", "caption_only",
                                            "examples")}},
-        "synthesizer_tuning": {"loss": [tuned["first_loss"], tuned["final_loss"]], "model": tuned["model"]},
-        "judge_tuning": {"loss": [judged["first_loss"], judged["final_loss"]], "model": judged["model"],
+        "synthesizer_tuning": {"loss": [tuned["first_loss"], tuned["final_loss"]], "model": console.shown(tuned["model"])},
+        "judge_tuning": {"loss": [judged["first_loss"], judged["final_loss"]], "model": console.shown(judged["model"]),
                          "check": judged["check"]},
         "post_training": {"captions_only": {"loss": [captions["first_loss"], captions["final_loss"]],
-                                            "model": captions["model"]},
-                          "single_stage": {"loss": [post["first_loss"], post["final_loss"]], "model": post["model"]}},
-        "evaluation": {"report_md": scores["outputs"]["report"], "report_png": scores["outputs"]["chart"],
+                                            "model": console.shown(captions["model"])},
+                          "single_stage": {"loss": [post["first_loss"], post["final_loss"]],
+                                           "model": console.shown(post["model"])}},
+        "evaluation": {"report_md": console.shown(scores["outputs"]["report"]),
+                       "report_png": console.shown(scores["outputs"]["chart"]),
                        "metrics": str(out_dir / "evaluation" / "metrics.json"), "results": scores["results"]},
         "serving": {k: v["status"] for k, v in served.items()},
         "seconds": steps.times,
@@ -182,8 +183,8 @@ def run(out: str = DEFAULT_OUT, n: int = 48) -> dict:
     print(console.made_table([
         ("synthesis summary", result["synthesis"]["summary"]),
         ("training set", result["synthesis"]["train_json"]),
-        ("model: captions only", captions["model"]),
-        ("model: single-stage", post["model"]),
+        ("model: captions only", result["post_training"]["captions_only"]["model"]),
+        ("model: single-stage", result["post_training"]["single_stage"]["model"]),
         ("evaluation report", result["evaluation"]["report_md"]),
         ("evaluation chart", result["evaluation"]["report_png"]),
         ("demo summary", str(out_dir / "demo_summary.json")),

@@ -14,34 +14,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from adamllm_ray import storage
-from adamllm_ray.evaluation import metrics as m
-from adamllm_ray.evaluation.tasks import PAPER_SCORES, TASKS, guess_seed
+from adamllm_ray.evaluation.tasks import PAPER_SCORES, TASKS
 from adamllm_ray.inspect.runs import InspectError, cache_dir, read_json
 
-INDEX_VERSION = "2"  # 2: multiple-choice guesses seeded by the example index
+INDEX_VERSION = "3"  # 2: multiple-choice guesses seeded by the example index; 3: scored by the task's scorer
 
 
-def example_score(task: str, record: dict) -> tuple[float, bool]:
-    """(score 0..1, guessed) of one prediction record, with the paper's metric for the task."""
-    pred, label = record["prediction"], record["label"]
-    metric = TASKS[task].metric
-    if metric == "vqa":
-        if record["answer_type"] == "OPEN":
-            return m.vqa_open_recall(pred, label), False
-        return float(m.vqa_closed_hit(pred, label)), False
-    if task == "pmc_vqa":
-        choice, guessed = m.pmc_vqa_choice(pred, record["options"], guess_seed(record, record["id"]))
-        return float(choice == label), guessed
-    if task == "food101":
-        mc = m.food101_choices(tuple(record["options"]))
-        choice, guessed = mc.parse(pred, guess_seed(record, record["id"]))
-        return float(choice == str(mc.option_texts.index(label.replace("_", " ")))), guessed
-    if metric == "rouge_l":
-        return m.rouge_l_f(pred, label), False
-    vocab = m.vocabulary(record["vocabulary"])
-    ids = [vocab.ids[p] for p in label]
-    measure = m.multilabel_recall if metric == "vocabulary_recall" else m.multilabel_f1
-    return measure(vocab.match(pred), ids), False
+def example_score(task: str, record: dict, position: int) -> tuple[float, bool]:
+    """(score x100, guessed) of one prediction record: the task's own scorer (the one `adamllm score`
+    and the evaluate job use) on that record alone, its multiple-choice guess seeded by its position."""
+    result = TASKS[task].score([{"index": position, **record}])
+    score = next(v for v in result["scores"].values() if v is not None)
+    return round(score, 2), bool(result["counts"].get("guessed"))
 
 
 def _read_lines(uri: str) -> list[tuple[int, bytes]]:
@@ -118,8 +102,8 @@ class EvaluationRun:
                 raise InspectError(422, f"{pred_uri} holds {len(lines)} predictions for {len(indexes)} examples")
             for i, (pos, line) in zip(indexes, lines):
                 record = self._resolve(json.loads(line), model, task)
-                s, g = example_score(task, record)
-                off[i], length[i], score[i], guessed[i] = pos, len(line), round(100 * s, 2), g
+                s, g = example_score(task, record, i)
+                off[i], length[i], score[i], guessed[i] = pos, len(line), s, g
             cols.update({f"{model}.off": off, f"{model}.len": length, f"{model}.score": score,
                          f"{model}.guessed": guessed, f"{model}.error": error})
         tmp = f"{path}.tmp-{os.getpid()}"

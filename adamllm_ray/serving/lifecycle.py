@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from ray import serve
 
+from adamllm_ray.ray_session import init_ray
 from adamllm_ray.serving.config import ServeConfig
 from adamllm_ray.serving.guard import check_exposure, resolve_key
 from adamllm_ray.serving.ingress import application
@@ -30,16 +31,8 @@ def connect_ray(cfg: ServeConfig) -> None:
     """Join an initialised Ray, else start or join one as `cfg.ray` says (local: a private instance with
     at least 4 logical CPUs, which Serve's ingress needs beside the engines)."""
     global _started_ray
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS") or cfg.ray.address
-    if address == "local":
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False)
-    else:
-        ray.init(address=address)
-    _started_ray = True
+    if init_ray(cfg.ray, num_cpus=max(4, os.cpu_count() or 1)):
+        _started_ray = True
 
 
 def warn_or_refuse(cfg: ServeConfig) -> None:

@@ -1,5 +1,8 @@
 """ShareGPT JSON/JSONL with an image root (the authors' format): entries checked in the index pass,
-images read (inside the root only) in the rows pass."""
+images read (inside the root only) in the rows pass.
+
+Not `ray.data.read_json`: its readers (pyarrow's, then pandas') fail a whole file on its first malformed
+line, where that line must be one error row naming its file and line, and a `.json` file is one array."""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """Webdataset tar shards: per sample an image member, a `.txt` caption or a `.json` with `caption`
-(and optionally `id`, `caption_prompt`)."""
+(and optionally `id`, `caption_prompt`).
+
+Not `ray.data.read_webdataset`: it decodes members in the read task, so one undecodable member fails the
+task where it must be that sample's error row, and the image's source bytes are not kept."""
 
 from __future__ import annotations
 
