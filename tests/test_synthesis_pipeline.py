@@ -192,6 +192,7 @@ def test_resume_after_three_hard_kills_equals_an_uninterrupted_run(tmp_path, tin
     whole = tmp_path / "whole"
     r = subprocess.run(cmd + [f"output={whole}"], capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stdout + r.stderr, "a healthy run prints no traceback (engine shutdowns included)"
     reference, ref_errors, _ = outputs(whole)
     assert sorted(train, key=lambda e: e["id"]) == sorted(reference, key=lambda e: e["id"])
     assert sorted(errors, key=lambda e: e["id"]) == sorted(ref_errors, key=lambda e: e["id"])
