@@ -5,7 +5,6 @@ of every command's worker logs)."""
 from __future__ import annotations
 
 import os
-import warnings
 
 
 def quiet() -> None:
@@ -13,8 +12,6 @@ def quiet() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # engine INFO lines: one screen per engine start
-    # Ray Train sets a Ray Data option that Ray itself has deprecated: nothing a user can act on.
-    warnings.filterwarnings("ignore", message=r".*ExecutionOptions\.exclude_resources. is deprecated")
 
 
 def shown(path: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 
 from adamllm_ray import storage
 from adamllm_ray.config import dump_config
@@ -129,6 +130,9 @@ def run(cfg: TrainConfig, in_memory: bool = False) -> dict:
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    # Ray Train sets a Ray Data option Ray itself has deprecated (exclude_resources): nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r".*ExecutionOptions\.exclude_resources. is deprecated")
 
     check_resources(cfg)
     t0 = time.time()
