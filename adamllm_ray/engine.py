@@ -95,6 +95,20 @@ def pool_range(value: int | list | tuple) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (value[0], value[1])
 
 
+def side_tasks(*cfgs: EngineConfig | None) -> int:
+    """Tasks each side stage of a job runs at once: as many as the largest engine pool can have
+    engines (at least 2). A side stage whose tasks were unbounded would keep a share of the cluster
+    in Ray Data's budget for itself, and an engine pool on a small cluster would never get the CPUs of
+    a second engine (`concurrency: [1, 2]` stayed at 1); bounded, what they leave goes to the pools.
+    A side task handles a block in tens of milliseconds, so this many keep every engine fed."""
+    return max(2, *(pool_range(c.concurrency)[1] for c in cfgs if c is not None))
+
+
+def side_stage(tasks: int) -> dict[str, Any]:
+    """Ray Data kwargs of a side stage (a light task, `tasks` at once)."""
+    return {"num_cpus": SIDE_STAGE_CPUS, "concurrency": tasks}
+
+
 def processor_config(cfg: EngineConfig, multimodal: bool):
     from ray.data.llm import vLLMEngineProcessorConfig
 
@@ -118,15 +132,16 @@ def processor_config(cfg: EngineConfig, multimodal: bool):
 
 
 def build_processor(cfg: EngineConfig, preprocess: Callable[[dict], dict], postprocess: Callable[[dict], dict],
-                    multimodal: bool = True) -> Callable:
+                    multimodal: bool = True, tasks: int | None = None) -> Callable:
     """`stage(dataset)` runs preprocess -> vLLM pool -> postprocess, row by row.
 
     Ray's processor sends rows the engine failed on around its postprocess; here every row, failed
     or not, goes through `postprocess` (a map after the processor), where `engine_error(row)` tells
-    which, so a failed row becomes an error row instead of slipping past the method."""
+    which, so a failed row becomes an error row instead of slipping past the method. `tasks`: the job's
+    `side_tasks` (this pool's alone by default)."""
     from ray.data.llm import build_processor as ray_build_processor
 
-    side = {"num_cpus": SIDE_STAGE_CPUS}
+    side = side_stage(tasks or side_tasks(cfg))
     processor = ray_build_processor(processor_config(cfg, multimodal), preprocess=preprocess,
                                     preprocess_map_kwargs=side, postprocess_map_kwargs=side)
 

@@ -211,6 +211,46 @@ def test_synthesis_run_records_a_timeline_that_covers_it(tmp_path, ray_local, ti
     assert (tmp_path / "out" / "scaling.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_every_stage_but_the_engines_runs_a_bounded_number_of_tasks(tmp_path, ray_local, tiny_qwen2_vl, tiny_text):
+    """Ray Data keeps a share of the cluster for each stage whose tasks are unbounded, and grows an engine
+    pool only within what is left: every side stage of a synthesis plan (read, repartition, image
+    writes, pre/postprocess, compose) has at most `engine.side_tasks` tasks, so the pools get the rest."""
+    import ray
+
+    from adamllm_ray import engine, sources
+    from adamllm_ray.config import validate
+    from adamllm_ray.embedded import sample_data
+    from adamllm_ray.synthesis import pipeline
+    from adamllm_ray.synthesis.config import SynthesisConfig
+
+    sample_data.write_parquet(sample_data.make_pairs(8, seed=5), tmp_path / "in", shards=2)
+    cfg = validate(SynthesisConfig, {
+        "source": {"format": "parquet", "path": str(tmp_path / "in")}, "output": str(tmp_path / "out"),
+        "family": "qwen2_vl",
+        "synthesizer": {"model": tiny_qwen2_vl, "dtype": "float32", "max_model_len": 1024, "concurrency": [1, 3]},
+        "judge": {"model": tiny_text, "dtype": "float32", "max_model_len": 1024, "concurrency": 2}})
+    tasks = pipeline.side_tasks(cfg)
+    assert tasks == 3 == engine.side_tasks(cfg.synthesizer, cfg.judge)
+    index = sources.read_index(cfg.source)
+    ds = sources.read_rows(cfg.source, index, sources.scan_index(index).gate(set()), concurrency=tasks)
+    ds = pipeline.method_stages(cfg, ds.map_batches(pipeline.write_images(cfg.output), **engine.side_stage(tasks)))
+
+    seen, engines = [], []
+
+    def walk(op):
+        for dep in op.input_dependencies:
+            walk(dep)
+        compute = getattr(op, "compute", None)
+        if compute is None:
+            return
+        size = compute.max_size if isinstance(compute, ray.data.ActorPoolStrategy) else compute.size
+        (engines if "vLLMEngineStage" in op.name else seen).append((op.name, size))
+    walk(ds._logical_plan.dag)
+    assert len(engines) == 2 and len(seen) >= 7, (engines, seen)
+    assert all(size is not None and size <= tasks for _, size in seen), seen
+    assert sorted(size for _, size in engines) == [2, 3], engines
+
+
 # ---------------------------------------------------------------- a served model that follows its load
 
 

@@ -12,6 +12,7 @@ BENCHMARKS = {
     "read": "adamllm_ray.bench.read:bench_read",
     "method": "adamllm_ray.bench.method:bench_method",
     "synthesis": "adamllm_ray.bench.synthesis:bench_synthesis",
+    "streaming": "adamllm_ray.bench.synthesis:bench_streaming",
     "score": "adamllm_ray.bench.score:bench_score",
     "serve": "adamllm_ray.bench.serve:bench_serve",
     "evaluate": "adamllm_ray.bench.evaluate:bench_evaluate",

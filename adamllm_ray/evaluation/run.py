@@ -89,8 +89,9 @@ def _read_jsonl(uri: str) -> list[dict]:
 # ---------------------------------------------------------------- the Ray stream of one model
 
 
-def read_stage(plans: list[TaskPlan], limits):
-    """A dataset of example rows (benchmark.example_schema): one read task per benchmark file."""
+def read_stage(plans: list[TaskPlan], limits, tasks: int = 2):
+    """A dataset of example rows (benchmark.example_schema): one read task per benchmark file, `tasks`
+    at once (engine.side_tasks: unbounded, they would keep a second engine's CPUs from the pool)."""
     import ray
 
     by_task = {p.task: p for p in plans}
@@ -103,7 +104,7 @@ def read_stage(plans: list[TaskPlan], limits):
                 yield benchmark.to_table(rows)
 
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    return ds.map_batches(read, batch_size=1, batch_format="numpy", num_cpus=0.5)
+    return ds.map_batches(read, batch_size=1, batch_format="numpy", num_cpus=0.5, concurrency=tasks)
 
 
 def inference_stage(model: EvalModelConfig, plans: list[TaskPlan]):
@@ -175,7 +176,7 @@ def infer(cfg: EvaluateConfig, model: EvalModelConfig, plans: list[TaskPlan]) ->
     got: dict[str, list[dict]] = {p.task: [] for p in plans}
     for task in [t for t, n in expected.items() if n == 0]:
         write_pair(cfg.output, model, by_task[task], got.pop(task), 0.0)
-    ds = inference_stage(model, plans)(read_stage(plans, cfg.images))
+    ds = inference_stage(model, plans)(read_stage(plans, cfg.images, engine.side_tasks(model)))
     n = 0
     for row in ds.iter_rows():
         task = row["task"]

@@ -231,20 +231,25 @@ def read_rows(cfg: SourceConfig, index, gate: Gate, rules: CaptionRules | None =
 
     rules = rules or CaptionRules(cfg.max_caption_chars)
     # ShareGPT: blocks of bounded rows before the images are read; other formats: one block per file
-    ds = light_repartition(index, cfg.rows_per_block) if cfg.format == "sharegpt" else index
+    ds = light_repartition(index, cfg.rows_per_block, concurrency) if cfg.format == "sharegpt" else index
     ds = ds.map_batches(_ReadStage, fn_constructor_args=(cfg, [ray.put(gate)], rules), batch_format="pyarrow",
                         batch_size=None if cfg.format != "sharegpt" else cfg.rows_per_block,
                         num_cpus=LIGHT_TASK_CPUS, compute=ray.data.ActorPoolStrategy(size=concurrency))
-    return light_repartition(ds, cfg.rows_per_block)
+    return light_repartition(ds, cfg.rows_per_block, concurrency)
 
 
-def light_repartition(ds, rows: int):
+def light_repartition(ds, rows: int, tasks: int):
     """`ds.repartition(target_num_rows_per_block=rows)` whose tasks ask for a light CPU share like the
-    other side stages. Ray's streaming repartition takes no remote args and asks 1 CPU per task: on a
-    node whose CPUs the engines hold, it waited for ever (seen on the two-node test cluster); the
-    planner reads the logical operator's `ray_remote_args`, so they are set there."""
+    other side stages, `tasks` at once. Ray's streaming repartition takes no remote args and asks 1 CPU
+    per task, unbounded: on a node whose CPUs the engines hold, it waited for ever (seen on the two-node
+    test cluster); the planner reads the logical operator's `ray_remote_args` and `compute`, so they
+    are set there."""
+    import ray
+
     ds = ds.repartition(target_num_rows_per_block=rows)
-    ds._logical_plan.dag.ray_remote_args["num_cpus"] = LIGHT_TASK_CPUS
+    op = ds._logical_plan.dag
+    op.ray_remote_args["num_cpus"] = LIGHT_TASK_CPUS
+    object.__setattr__(op, "compute", ray.data.TaskPoolStrategy(size=tasks))  # a frozen dataclass
     return ds
 
 

@@ -90,7 +90,15 @@ def synthesizer_stage(cfg: SynthesisConfig):
             out = finish_row(out, cfg.mode, None, judged=False)
         return records.pack(out)
 
-    return engine.build_processor(cfg.synthesizer, pre, post, multimodal=True)
+    return engine.build_processor(one_pass(cfg.synthesizer), pre, post, multimodal=True, tasks=side_tasks(cfg))
+
+
+def one_pass(synthesizer):
+    """The synthesizer sees each image once: vLLM's cache of processed images (4 GiB by default, kept in
+    both of the engine's processes) could never hit and would only grow with the rows read, so it is off
+    unless the job's `engine_kwargs` ask for it."""
+    kwargs = {"mm_processor_cache_gb": 0, **synthesizer.engine_kwargs}
+    return synthesizer.model_copy(update={"engine_kwargs": kwargs})
 
 
 def judge_stage(cfg: SynthesisConfig):
@@ -115,7 +123,11 @@ def judge_stage(cfg: SynthesisConfig):
         text = row["generated_text"]
         return records.pack({**finish_row(base, cfg.mode, text, judged=True), "judge_output": text})
 
-    return engine.build_processor(cfg.judge, pre, post, multimodal=False)
+    return engine.build_processor(cfg.judge, pre, post, multimodal=False, tasks=side_tasks(cfg))
+
+
+def side_tasks(cfg: SynthesisConfig) -> int:
+    return engine.side_tasks(cfg.synthesizer, cfg.judge)
 
 
 def method_stages(cfg: SynthesisConfig, ds):
@@ -324,15 +336,17 @@ def run(cfg: SynthesisConfig) -> dict:
         scan = sources.scan_index(index)
         if scan.to_do(done):  # a run whose rows are all done starts no engine
             gate = scan.gate(done, drop=os.environ.get(sources.DROP_ENV))
-            ds = sources.read_rows(cfg.source, index, gate, rules)
-            ds = ds.map_batches(write_images(out), batch_format="pyarrow", num_cpus=engine.SIDE_STAGE_CPUS)
+            side = engine.side_stage(side_tasks(cfg))
+            ds = sources.read_rows(cfg.source, index, gate, rules, concurrency=side["concurrency"])
+            ds = ds.map_batches(write_images(out), batch_format="pyarrow", **side)
             ds = method_stages(cfg, ds)
-            ds = ds.map_batches(to_task_table, batch_format="pyarrow", num_cpus=engine.SIDE_STAGE_CPUS)
+            ds = ds.map_batches(to_task_table, batch_format="pyarrow", **side)
             fs, path = storage.filesystem(storage.join(out, "tasks"))
             # file names carry a per-run write id: runs never overwrite. A light CPU request like the other
             # side stages: at Ray's default of 1 CPU the writes wait until the engines have finished, and
             # every row stays buffered in the object store until then.
-            ds.write_parquet(path, filesystem=fs, ray_remote_args={"num_cpus": engine.SIDE_STAGE_CPUS})
+            ds.write_parquet(path, filesystem=fs, ray_remote_args={"num_cpus": side["num_cpus"]},
+                             concurrency=side["concurrency"])
         wall = time.perf_counter() - t0
         timeline = sampler.stop()
     summary = finalize(cfg, wall, done, scan)
