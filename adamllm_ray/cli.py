@@ -102,7 +102,11 @@ def cmd_score(a):
 def cmd_demo(a):
     from adamllm_ray.embedded import demo
 
-    demo.run(a.out, n=a.n)
+    try:
+        demo.run(a.out, n=a.n)
+    except demo.CheckFailed as err:
+        print(f"adamllm demo: {err}", file=sys.stderr)
+        return 1
 
 
 def cmd_submit(a):

@@ -13,7 +13,8 @@ generated data, in a few minutes on 2 cores:
    (jobs/evaluate/tiny_cpu.yaml);
 7. serve the tuned synthesizer and judge, send one synthesize and one evaluate request, shut down
    (jobs/serve/tiny_cpu.yaml);
-8. print what was made and where.
+8. print what was made and where, and check that the flow did what it says (`checks`): a failed
+   check ends the demo with exit code 1 naming it, so `make demo` is the flow's own end-to-end test.
 
 The job files name paths under `demo-output/`, relative to the directory the demo runs in (the
 project root, as the job files' own commands); with another --out they are moved under it."""
@@ -33,6 +34,10 @@ from adamllm_ray.embedded import console, sample_data, tiny
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = "demo-output"
 BENCHMARK_SIZE = 32  # examples per task: enough that a difference between models can show
+
+
+class CheckFailed(RuntimeError):
+    """The flow ran but did not do what it says (`checks`)."""
 
 
 def job(name: str, model, out: Path, /, **overrides):
@@ -192,4 +197,42 @@ def run(out: str = DEFAULT_OUT, n: int = 48) -> dict:
     print(f"kept share: {c['kept']}/{good} images have a kept synthetic task "
           f"({result['synthesis']['kept_share']:.0%}; the paper keeps about 30%)")
     print(f"look at the run: adamllm inspect {synthesis_dir} {out_dir / 'evaluation'}")
+    failed = [name for name, ok in checks(result, out_dir).items() if not ok]
+    if failed:
+        raise CheckFailed(f"{len(failed)} check(s) failed: {'; '.join(failed)}")
+    print("demo checks: all pass")
     return result
+
+
+def checks(result: dict, out_dir: Path) -> dict[str, bool]:
+    """What the flow must have done, by name: counts that add up (SPEC §2), losses that go down, a judge
+    that answers on prompts it never saw, three models side by side, both service requests answered,
+    every file the summary names present."""
+    synthesis = json.loads((out_dir / "synthesis" / "summary.json").read_text())
+    c = synthesis["counts"]
+    verdicts = c["verdicts"] or {}
+    train = json.loads((out_dir / "synthesis" / "train.json").read_text())
+    metrics = json.loads((out_dir / "evaluation" / "metrics.json").read_text())
+    report = (out_dir / "evaluation" / "report.md").read_text()
+    losses = {"synthesizer tuning": result["synthesizer_tuning"]["loss"], "judge tuning": result["judge_tuning"]["loss"],
+              **{f"post-training ({k.replace('_', ' ')})": v["loss"] for k, v in result["post_training"].items()}}
+    named = [result["synthesis"]["summary"], result["synthesis"]["train_json"], result["evaluation"]["report_md"],
+             result["evaluation"]["report_png"], result["evaluation"]["metrics"], result["judge_tuning"]["model"],
+             result["post_training"]["captions_only"]["model"], result["post_training"]["single_stage"]["model"]]
+    return {
+        "the 4 broken sample pairs are the bad input": c["bad_input"] == 4,
+        "the synthesis summary's own checks pass": all(synthesis["checks"].values()),
+        "every triplet has a verdict": sum(verdicts.values()) == c["triplets"],
+        "nearly every verdict parses": 10 * sum(verdicts.get(k, 0) for k in ("unparsed", "null", "None"))
+        <= c["triplets"],
+        "the tuned judge keeps some triplets": c["kept"] > 0,
+        "train.json holds one example per good row": len(train) == c["examples"] == c["read"] - c["errors"]
+        and all(e["images"] for e in train),
+        **{f"{name}: the loss goes down": last < first for name, (first, last) in losses.items()},
+        "the judge is checked on 30 or more unseen prompts": result["judge_tuning"]["check"]["n"] >= 30,
+        "three models evaluated side by side": set(metrics["results"]) == {"untrained", "captions-only", "adapted"}
+        and all(name in report for name in ("untrained", "captions-only", "adapted")),
+        "the evaluation's own checks pass": all(metrics["checks"].values()),
+        "both service requests answered 200": result["serving"] == {"synthesize": 200, "evaluate": 200},
+        "every file the summary names exists": all(Path(p).exists() for p in named),
+    }
