@@ -97,10 +97,11 @@ def pool_range(value: int | list | tuple) -> tuple[int, int]:
 
 def side_tasks(*cfgs: EngineConfig | None) -> int:
     """Tasks each side stage of a job runs at once: as many as the largest engine pool can have
-    engines (at least 2). A side stage whose tasks were unbounded would keep a share of the cluster
-    in Ray Data's budget for itself, and an engine pool on a small cluster would never get the CPUs of
-    a second engine (`concurrency: [1, 2]` stayed at 1); bounded, what they leave goes to the pools.
-    A side task handles a block in tens of milliseconds, so this many keep every engine fed."""
+    engines (at least 2). Ray Data grows an actor pool only within the operator's budget, and a stage
+    whose tasks are unbounded keeps a share of the cluster for itself: on a fixed 5-CPU Ray, a pool of
+    [1, 2] 2-CPU actors behind unbounded light stages stayed at 1 ("exceeded resource limits" at every
+    decision) and grew to 2 behind bounded ones. A side task handles a block in tens of milliseconds,
+    so this many keep every engine fed."""
     return max(2, *(pool_range(c.concurrency)[1] for c in cfgs if c is not None))
 
 
