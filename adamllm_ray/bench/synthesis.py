@@ -40,25 +40,28 @@ TOKENS = 32
 class PeakMemory:
     """Peak memory of this process and all its descendants, sampled every 0.5 s: the sum of their
     PSS (a page shared by n processes counts 1/n in each), so shared memory counts once. Summed RSS
-    would count the object store once per worker that maps it, and grow with the rows it touches."""
+    would count the object store once per worker that maps it, and grow with the rows it touches.
+    `parts`: the peak's PSS by kind of process (`kind`), to show which part grows with the rows."""
 
     def __init__(self):
         import psutil
 
-        self.proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self.proc, self.peak, self.parts, self._stop = psutil.Process(), 0, {}, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         import psutil
 
         while not self._stop.is_set():
-            total = 0
+            parts: dict[str, int] = {}
             for p in [self.proc, *self.proc.children(recursive=True)]:
                 try:
-                    total += p.memory_full_info().pss
+                    k = "driver" if p.pid == self.proc.pid else kind(" ".join(p.cmdline()[:3]))
+                    parts[k] = parts.get(k, 0) + p.memory_full_info().pss
                 except psutil.Error:
                     pass
-            self.peak = max(self.peak, total)
+            if sum(parts.values()) > self.peak:
+                self.peak, self.parts = sum(parts.values()), parts
             time.sleep(0.5)
 
     def __enter__(self):
@@ -81,9 +84,20 @@ def _config(tmp: Path, src: str, judge: bool, out: str = "unused") -> SynthesisC
         if judge else None})
 
 
-def job_peak(cfg: SynthesisConfig) -> tuple[int, float, float]:
-    """(peak memory, wall seconds, seconds to the first file in `tasks/`) of the whole synthesis
-    job, run as `adamllm synthesize` runs it (its own Ray)."""
+def kind(cmdline: str) -> str:
+    """A process's kind for the memory breakdown: vLLM's engine processes, Ray Data's workers by
+    stage, Ray's own daemons."""
+    for name in ("EngineCore", "vLLMEngineStageUDF", "raylet", "gcs_server", "dashboard", "plasma", "log_monitor"):
+        if name in cmdline:
+            return name
+    if cmdline.startswith("ray::"):
+        return "other ray workers"
+    return "other"
+
+
+def job_peak(cfg: SynthesisConfig) -> tuple[int, float, float, dict[str, float]]:
+    """(peak memory, wall seconds, seconds to the first file in `tasks/`, the peak's GiB by kind of
+    process) of the whole synthesis job, run as `adamllm synthesize` runs it (its own Ray)."""
     from adamllm_ray.synthesis import pipeline
 
     tasks, first, done = Path(cfg.output) / "tasks", [], threading.Event()
@@ -102,7 +116,8 @@ def job_peak(cfg: SynthesisConfig) -> tuple[int, float, float]:
     wall = time.perf_counter() - start
     done.set()
     watcher.join()
-    return mem.peak, wall, first[0] if first else wall
+    parts = {k: round(v / 2**30, 2) for k, v in sorted(mem.parts.items(), key=lambda kv: -kv[1])}
+    return mem.peak, wall, first[0] if first else wall, parts
 
 
 def stage_cpu_ms_per_row(ds, rows: int) -> dict[str, float]:
@@ -230,11 +245,12 @@ def bench_synthesis(rows: int) -> dict:
 def streaming_figures(tmp: Path) -> dict:
     """Peak memory of the synthesis job with the judge at 10x the rows (`big`) over 1x (`small`), and
     when the 10x job writes its first tasks file."""
-    small_peak, _, _ = job_peak(_config(tmp, str(tmp / "small"), judge=True, out="out-1x"))
-    peak, job_wall, first_file = job_peak(_config(tmp, str(tmp / "big"), judge=True, out="out-10x"))
+    small_peak, _, _, small_parts = job_peak(_config(tmp, str(tmp / "small"), judge=True, out="out-1x"))
+    peak, job_wall, first_file, parts = job_peak(_config(tmp, str(tmp / "big"), judge=True, out="out-10x"))
     return {
         "peak_memory_gib_at_1x": round(small_peak / 2**30, 2), "peak_memory_gib_at_10x": round(peak / 2**30, 2),
         "memory_10x_over_1x": round(peak / small_peak, 3), "memory_target": 1.1,
+        "peak_gib_by_process_at_1x": small_parts, "peak_gib_by_process_at_10x": parts,
         "job_wall_s_10x": round(job_wall, 1), "first_tasks_file_s_10x": round(first_file, 1),
         "first_tasks_file_share_of_wall": round(first_file / job_wall, 3), "first_tasks_file_target": 0.1,
     }
