@@ -115,9 +115,15 @@ def processor_config(cfg: EngineConfig, multimodal: bool):
 
     env = engine_env(cfg)
     extra = cpu_placement(cfg)
+    kwargs = engine_kwargs(cfg, multimodal)
+    if cfg.accelerator == "cpu":
+        # vLLM's offline defaults on CPU (its `LLM` class: 256 sequences and 4,096 tokens a step). Ray's
+        # stage builds an AsyncLLM, whose engine defaults (128, 2,048) halve what a step batches; on GPU
+        # the job configs size both to the model and the GPU (jobs/synthesize/biomed_llava8b.yaml)
+        kwargs = {"max_num_seqs": 256, "max_num_batched_tokens": 4096, **kwargs}
     return vLLMEngineProcessorConfig(
         model_source=model_source(cfg.model),
-        engine_kwargs=engine_kwargs(cfg, multimodal),
+        engine_kwargs=kwargs,
         # an int is a fixed pool here (Ray's processor would read it as an autoscaling pool of 1..n)
         concurrency=pool_range(cfg.concurrency),
         batch_size=cfg.batch_size,
