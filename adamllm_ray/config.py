@@ -185,6 +185,9 @@ class RayConfig(Section):
 
     address: str = "local"
     num_cpus: int | None = None  # local only
+    # local only: the object store's size (Ray's default: 30% of the machine's memory). A streaming job's
+    # resident memory grows over a long run until the store's pages have all been used once: this bounds it
+    object_store_gib: float | None = Field(None, gt=0)
     progress_bars: bool = True
 
 

@@ -74,13 +74,28 @@ def job_env_vars() -> dict[str, str]:
     return (json.loads(raw).get("runtime_env") or {}).get("env_vars") or {}
 
 
+TCMALLOC = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
+            "/usr/lib64/libtcmalloc_minimal.so.4", "/usr/lib/libtcmalloc_minimal.so.4")
+
+
+def cpu_allocator() -> str | None:
+    """The system's tcmalloc (Debian/Ubuntu: `libtcmalloc-minimal4`), if installed. vLLM's CPU guide asks
+    for it in LD_PRELOAD; with glibc's malloc an engine's worker process grew with every image shape it
+    met (measured: +515 MB over 7,000 multimodal requests and still growing; with tcmalloc +38 MB, flat
+    after 3,000)."""
+    return next((p for p in TCMALLOC if os.path.exists(p)), None)
+
+
 def engine_env(cfg: EngineConfig) -> dict[str, str]:
     """What an engine's process needs from the driver's environment (caches, offline mode, S3), and on CPU
-    its KV cache size, less what the job's runtime env sets (there the job's value holds). Batch jobs and
-    served models alike."""
+    its KV cache size and tcmalloc (`cpu_allocator`: the cluster's nodes share the driver's image), less
+    what the job's runtime env sets (there the job's value holds). Batch jobs and served models alike."""
     env = {k: os.environ[k] for k in ENV_FOR_ENGINES if os.environ.get(k)}
     if cfg.accelerator == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kvcache_gib)
+        allocator = cpu_allocator()
+        if allocator and "tcmalloc" not in os.environ.get("LD_PRELOAD", ""):
+            env["LD_PRELOAD"] = ":".join(x for x in (allocator, os.environ.get("LD_PRELOAD")) if x)
     job = job_env_vars()
     return {k: v for k, v in env.items() if k not in job}
 

@@ -23,7 +23,8 @@ def init_ray(cfg: RayConfig, num_cpus: int | None = None) -> bool:
     if address == "local":
         # Ray Train's print patch logs each print of a worker and also prints it: every line twice.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-        ray.init(address="local", num_cpus=cfg.num_cpus or num_cpus, include_dashboard=False)
+        store = int(cfg.object_store_gib * 2**30) if cfg.object_store_gib else None
+        ray.init(address="local", num_cpus=cfg.num_cpus or num_cpus, object_store_memory=store, include_dashboard=False)
     else:
         ray.init(address=address)
     worker_logs.filter_worker_logs()

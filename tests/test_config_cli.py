@@ -146,3 +146,23 @@ def test_debug_shows_the_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "adamllm_ray.cli", "make-tiny-model", "--family", "text", "--out",
                         "/proc/not-writable/m", "--debug"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_a_local_ray_gets_the_object_store_size_the_job_asks_for(tmp_path):
+    """`ray.object_store_gib` bounds a private Ray's object store (a long streaming run's resident
+    memory grows until the store's pages have all been used once); 0 or less is refused, named."""
+    import os
+
+    from adamllm_ray.config import RayConfig
+    from conftest import ROOT
+
+    with pytest.raises(ValueError, match="object_store_gib"):
+        RayConfig(object_store_gib=0)
+    code = ("import ray; from adamllm_ray.config import RayConfig; from adamllm_ray.ray_session import init_ray; "
+            "init_ray(RayConfig(num_cpus=1, object_store_gib=0.25)); "
+            "print('STORE', ray.cluster_resources()['object_store_memory']); ray.shutdown()")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    line = next((x for x in r.stdout.splitlines() if x.startswith("STORE ")), None)
+    assert line is not None, r.stderr[-2000:]
+    assert float(line.split()[1]) == 0.25 * 2**30

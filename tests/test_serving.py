@@ -574,6 +574,27 @@ def test_the_deployed_evaluator_carries_the_pixel_bounds(service, overrides):
         "llm_config"].engine_kwargs
 
 
+def test_cpu_engines_run_on_tcmalloc_when_the_system_has_it(service):
+    """vLLM's CPU engines get the system's tcmalloc through their runtime env (with glibc's malloc an
+    engine's worker grew with every image size it met); without one installed, nothing is preloaded."""
+    from pathlib import Path
+
+    from adamllm_ray import engine
+    from adamllm_ray.config import EngineConfig
+
+    allocator = engine.cpu_allocator()
+    env = engine.engine_env(EngineConfig(model="m"))
+    assert "LD_PRELOAD" not in engine.engine_env(EngineConfig(model="m", accelerator="gpu"))
+    if allocator is None:
+        assert "LD_PRELOAD" not in env
+        return
+    assert env["LD_PRELOAD"].split(":")[0] == allocator
+    engines = {pid: cmd for pid, cmd in service["processes"].items() if "EngineCore" in cmd or "VLLM::Worker" in cmd}
+    assert engines, service["processes"]
+    for pid, cmd in engines.items():
+        assert "libtcmalloc" in Path(f"/proc/{pid}/maps").read_text(), (pid, cmd)
+
+
 def test_shutdown_closes_the_port_and_ends_every_process(service):
     import psutil
 
