@@ -81,9 +81,10 @@ class PeakMemory:
                     continue
                 parts[k] = parts.get(k, 0) + total
                 shared += shm
-            self.peak_own = max(self.peak_own, sum(parts.values()) - shared)
-            if sum(parts.values()) > self.peak:
-                self.peak, self.parts = sum(parts.values()), parts
+            total = sum(parts.values())
+            self.peak_own = max(self.peak_own, total - shared)
+            if total > self.peak:
+                self.peak, self.parts = total, parts
             time.sleep(0.5)
 
     def __enter__(self):
@@ -109,7 +110,8 @@ def _config(tmp: Path, src: str, judge: bool, out: str = "unused") -> SynthesisC
 def kind(cmdline: str) -> str:
     """A process's kind for the memory breakdown: vLLM's engine processes, Ray Data's workers by
     stage, Ray's own daemons."""
-    for name in ("EngineCore", "VLLM::Worker", "vLLMEngineStageUDF", "raylet", "gcs_server", "dashboard", "plasma", "log_monitor"):
+    for name in ("EngineCore", "VLLM::Worker", "vLLMEngineStageUDF", "raylet", "gcs_server", "dashboard", "plasma",
+                 "log_monitor"):
         if name in cmdline:
             return name
     if cmdline.startswith("ray::"):
@@ -118,7 +120,7 @@ def kind(cmdline: str) -> str:
 
 
 def job_peak(cfg: SynthesisConfig) -> tuple[PeakMemory, float, float, dict[str, float]]:
-    """(peak memory, wall seconds, seconds to the first file in `tasks/`, the peak's GiB by kind of
+    """(its PeakMemory, wall seconds, seconds to the first file in `tasks/`, the peak's GiB by kind of
     process) of the whole synthesis job, run as `adamllm synthesize` runs it (its own Ray)."""
     from adamllm_ray.synthesis import pipeline
 
