@@ -96,3 +96,15 @@ def test_validate_decodes_each_image_once(monkeypatch):
     monkeypatch.setattr(Image, "open", lambda fp, *a, **kw: opened.append(1) or real(fp, *a, **kw))
     images.validate(png(Image.new("LA", (8, 8))))  # re-encoded: still opened and decoded once
     assert len(opened) == 1, opened
+
+
+def test_an_image_for_the_engine_crosses_as_its_bytes_and_arrives_as_pixels():
+    import cloudpickle
+
+    rng = np.random.default_rng(1)
+    data = _jpeg(Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8), "RGB"))
+    pickled = cloudpickle.dumps(images.ForEngine(data))
+    assert len(pickled) < len(data) + 200, "the encoded bytes cross, not the 150,528 bytes of pixels"
+    arrived = cloudpickle.loads(pickled)
+    assert isinstance(arrived, Image.Image) and arrived.mode == "RGB" and arrived.size == (224, 224)
+    assert np.array_equal(np.asarray(arrived), np.asarray(images.to_pil(data)))

@@ -118,11 +118,11 @@ def inference_stage(model: EvalModelConfig, plans: list[TaskPlan]):
     model = model.model_copy(update={"engine_kwargs": engine_kwargs(family, model.engine_kwargs)})
 
     def pre(row: dict) -> dict:
-        carried = {**{k: row.get(k) for k in CARRIED}, "image": None}  # the engine gets pixels, not bytes
+        carried = {**{k: row.get(k) for k in CARRIED}, "image": None}  # the bytes go once, as the engine's image
         if row[records.ERROR] is not None:  # no request: the row goes around the engine
             return {**carried, **engine.skip(params[row["task"]])}
         return {**carried, **engine.ask(evaluation_prompt(family, row["prompt_text"]), params[row["task"]]),
-                "multimodal_data": {"image": images.to_pil(row["image"])}}
+                "multimodal_data": {"image": images.ForEngine(row["image"])}}
 
     def post(row: dict) -> dict:
         out = {k: row.get(k) for k in CARRIED}

@@ -69,12 +69,12 @@ def synthesizer_stage(cfg: SynthesisConfig):
     params = synthesis_sampling(cfg.synthesizer, family)
 
     def pre(row: dict) -> dict:
-        # IMAGE: None drops the encoded bytes from the row the engine stage carries: it gets the pixels
+        # IMAGE: None: the bytes go once, as the engine's image (images.ForEngine), not twice
         carried = {**records.pack({k: row.get(k) for k in CARRIED}), IMAGE: None}
         if failed(row):
             return {**carried, **engine.skip(params)}
         return {**carried, **engine.ask(family.synthesis_prompt(row[records.CAPTION]), params),
-                "multimodal_data": {"image": images.to_pil(row[IMAGE])}}
+                "multimodal_data": {"image": images.ForEngine(row[IMAGE])}}
 
     def post(row: dict) -> dict:
         out = records.unpack({k: row.get(k) for k in CARRIED})
