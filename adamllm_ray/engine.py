@@ -8,7 +8,8 @@ nothing to ask (it failed earlier, or has nothing to judge) carries `skip()` and
 Ray's stage passes rows marked with an inference error through untouched, so it costs no request.
 
 Rows going in carry `prompt` (a raw string, the family's own format: no chat template stage),
-optionally `multimodal_data` ({"image": PIL image}) and `sampling_params`. vLLM detokenizes itself
+optionally `multimodal_data` ({"image": images.ForEngine(bytes)}, which reaches the engine's actor as
+the PIL image vLLM takes) and `sampling_params`. vLLM detokenizes itself
 (ENVIRONMENT.md: Ray's detokenize stage changes texts); the tokenize stage is off for the same reason.
 """
 
