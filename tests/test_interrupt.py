@@ -18,7 +18,10 @@ def test_stopped_run_says_so_and_leaves_no_engine(tmp_path, tiny_qwen2_vl, sig, 
     _, cmd, env = slow_job(tmp_path, tiny_qwen2_vl)
     marker = f"ADAMLLM_STOP_TEST_{time.time_ns()}"
     log = open(tmp_path / "run.log", "w")  # a file, not a pipe: a full pipe would stall the driver
-    proc = subprocess.Popen(cmd, env={**env, marker: "1"}, stdout=log, stderr=subprocess.STDOUT)
+    # SIGINT as a terminal delivers it: a shell's background job (`make test &`, a CI runner's) starts with
+    # SIGINT ignored, which the run would inherit and Python then keeps (no KeyboardInterrupt at all)
+    proc = subprocess.Popen(cmd, env={**env, marker: "1"}, stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     tasks = tmp_path / "out" / "tasks"
     deadline = time.monotonic() + 300
     # the engine is working once its first tasks file is written

@@ -151,7 +151,7 @@ def slow_job(tmp_path: Path, model: str) -> tuple[set[str], list[str], dict]:
            "source": {"format": "parquet", "path": str(tmp_path / "in")}, "output": str(tmp_path / "out"),
            "family": "qwen2_vl",
            "synthesizer": engine(model, batch_size=2, max_concurrent_batches=1, cpus_per_engine=0.5,
-                                 sampling={"max_tokens": 256})}
+                                 sampling={"max_tokens": 48})}
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
     cmd = [sys.executable, "-m", "adamllm_ray.cli", "synthesize", "--config", str(tmp_path / "job.yaml")]
     return ids, cmd, {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
