@@ -28,5 +28,10 @@ if [ "$extras" = cpu,dev ]; then
   "$VENV/bin/python" scripts/torchvision_cpu_fix.py install
 fi
 "$VENV/bin/python" -c "import adamllm_ray, torch, ray, transformers, deepspeed, vllm" 2>&1 | tail -3
+if [ "$extras" = cpu,dev ]; then
+  # DeepSpeed's CPU collectives op (a C++ extension it JIT-builds in every training worker): built once here,
+  # so the first training run does not spend its workers' first minute compiling it.
+  "$VENV/bin/python" -c "from adamllm_ray.training.loop import build_cpu_comm_op; build_cpu_comm_op()" 2>&1 | tail -1
+fi
 echo "$want" > "$stamp"
 echo "setup: done ($extras)"

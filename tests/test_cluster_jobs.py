@@ -4,6 +4,7 @@ their work runs on both nodes, the job's exit status and a failed job's message 
 and a synthesis job survives the loss of a node mid-run."""
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -28,13 +29,22 @@ def cluster():
         yield c
 
 
-def run_job(cluster, args: list[str], log: Path, timeout_s: float = 900) -> tuple[int, str, str]:
-    """(exit status, output, submission id) of `adamllm submit -- adamllm ARGS`."""
-    proc = cluster.submit(args, str(ROOT), log)
+def wait_job(cluster, proc: subprocess.Popen, log: Path, timeout_s: float) -> None:
+    """Wait for `adamllm submit` to end; past the timeout the job itself is stopped too (a submitter's end
+    leaves its job running, which would hold the cluster's CPUs for the tests after it)."""
     try:
         proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        cluster.stop_job(cluster.submission_id(log))
+        raise AssertionError(f"the job ran past {timeout_s} s and was stopped; it printed:\n{log.read_text()[-5000:]}")
     finally:
         proc.kill()
+
+
+def run_job(cluster, args: list[str], log: Path, timeout_s: float = 600) -> tuple[int, str, str]:
+    """(exit status, output, submission id) of `adamllm submit -- adamllm ARGS`."""
+    proc = cluster.submit(args, str(ROOT), log)
+    wait_job(cluster, proc, log, timeout_s)
     return proc.returncode, log.read_text(), cluster.submission_id(log)
 
 
@@ -117,9 +127,10 @@ def test_synthesis_survives_losing_a_node(cluster, tiny_qwen2_vl, tmp_path):
             time.sleep(0.5)
         cluster.lose_node("second_node")
         cluster.add_node("replacement_node")
-        proc.wait(timeout=900)
-    finally:
+    except BaseException:
         proc.kill()
+        raise
+    wait_job(cluster, proc, log, timeout_s=600)
     out = log.read_text()
     assert proc.returncode == 0, out[-5000:]
     assert done_before < len(ids), "the node was lost mid-run"

@@ -433,6 +433,31 @@ def test_new_run_starts_from_a_given_checkpoint(zero2_run, tmp_path):
     assert final.next_position > state3.next_position and s["examples_trained"] == 32
 
 
+def test_a_build_killed_midway_leaves_no_lock_that_hangs_later_runs(tmp_path):
+    """A process killed while compiling DeepSpeed's CPU collectives op leaves torch's lock file in the build
+    folder; the next training worker's build goes on (it would otherwise wait on that file forever)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from torch.utils.cpp_extension import _get_build_directory
+
+    build = tmp_path / "ext" / "deepspeed_shm_comm"
+    built = Path(_get_build_directory("deepspeed_shm_comm", verbose=False))
+    if (built / "deepspeed_shm_comm.so").is_file():  # this machine's build: up to date, nothing to compile
+        shutil.copytree(built, build, ignore=shutil.ignore_patterns("*.flock", "lock"))
+    build.mkdir(parents=True, exist_ok=True)
+    (build / "lock").touch()  # what a SIGKILL mid-compile leaves
+    load = ("from adamllm_ray.training.loop import build_cpu_comm_op; build_cpu_comm_op(); "
+            "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; "
+            "print('loaded:', 'deepspeed_shm_comm' in ShareMemCommBuilder._loaded_ops)")
+    out = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "loaded: True" in out.stdout
+    assert not (build / "lock").exists() and (build / "deepspeed_shm_comm.so").is_file()
+
+
 def test_killed_worker_is_replaced_and_training_resumes(ray_local, tiny_qwen2_vl, tmp_path):
     """Rank 1's process is killed once Ray Train has registered a checkpoint; the worker group is
     restarted (max_failures=1) and goes on from the latest registered checkpoint."""

@@ -150,6 +150,12 @@ class LocalCluster:
             time.sleep(0.2)
         raise TimeoutError(f"no submission id in {log}")
 
+    def stop_job(self, submission_id: str) -> None:
+        """Stop a submitted job (its driver and everything it started), as `ray job stop` does."""
+        from ray.job_submission import JobSubmissionClient
+
+        JobSubmissionClient(self.dashboard).stop_job(submission_id)
+
     def job_actors(self, submission_id: str, class_part: str) -> list:
         """The actors (alive or dead) of a submitted job whose class name contains `class_part`."""
         from ray.job_submission import JobSubmissionClient

@@ -182,6 +182,32 @@ def start_rows(shard, batch_size: int, in_memory: bool):
     return future
 
 
+def build_cpu_comm_op() -> None:
+    """Build (or load the cached build of) DeepSpeed's CPU shared-memory collectives op, which DeepSpeed
+    otherwise JIT-compiles inside `init_distributed` on every CPU worker.
+
+    torch guards that build with a plain lock file in the build folder: a process killed while compiling
+    (a stopped run, a lost node) leaves it behind, and every later build on the machine then waits on it
+    forever. Here the build runs under a kernel lock on a file beside it, which the kernel drops when its
+    holder dies; whoever holds that lock is the only builder of ours, so a torch lock file it finds was left
+    by a dead build and is removed. (A DeepSpeed build started outside this project at that same moment
+    would lose its lock file; a torch lock is never removed otherwise.)"""
+    import fcntl
+
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+    from torch.utils.cpp_extension import _get_build_directory
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        return  # DeepSpeed then builds none either (deepspeed/comm/torch.py: build_shm_op)
+    build_dir = Path(_get_build_directory(builder.name, verbose=False))
+    with open(build_dir / "adamllm-build.flock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        (build_dir / "lock").unlink(missing_ok=True)
+        builder.load(verbose=False)  # DeepSpeed keeps the loaded op: its own call later builds nothing
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     import deepspeed
     import ray.train
@@ -208,6 +234,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     # benchmark baseline (in_memory): the same examples, all encoded before the clock starts
     rows = start_rows(ray.train.get_dataset_shard("train"), cfg.micro_batch_size, loop_config.get("in_memory", False))
+    if not cfg.scaling.use_gpu:
+        build_cpu_comm_op()
     deepspeed.init_distributed()  # adopts Ray Train's process group, so ZeRO-3 loading sees every rank
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
     ds_config = deepspeed_config(cfg)
