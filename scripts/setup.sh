@@ -31,7 +31,10 @@ fi
 if [ "$extras" = cpu,dev ]; then
   # DeepSpeed's CPU collectives op (a C++ extension it JIT-builds in every training worker): built once here,
   # so the first training run does not spend its workers' first minute compiling it.
-  "$VENV/bin/python" -c "from adamllm_ray.training.loop import build_cpu_comm_op; build_cpu_comm_op()" 2>&1 | tail -1
+  if ! log=$("$VENV/bin/python" -c "from adamllm_ray.training.loop import build_cpu_comm_op; build_cpu_comm_op()" 2>&1); then
+    echo "$log" | tail -20; echo "setup: DeepSpeed's CPU comm op did not build (above)"; exit 1
+  fi
+  echo "setup: DeepSpeed's CPU comm op is built"
 fi
 echo "$want" > "$stamp"
 echo "setup: done ($extras)"
