@@ -11,21 +11,6 @@ from adamllm_ray import worker_logs
 from adamllm_ray.config import RayConfig
 
 
-def start_local(**init_kwargs) -> None:
-    """Start a private local Ray (`ray.init(address="local", ...)`) whose workers run at the driver's
-    priority. Ray starts its workers at nice 15 so that heavy tasks leave its own daemons responsive; an
-    engine actor's vLLM processes (its EngineCore and model runner) inherit that, and the daemons and the
-    driver, which take about half a core between them, then preempt the engine whenever they run. On 2
-    cores at worker niceness 0: the synthesis pipeline's steady rate +9% (judge off, 3,000 rows, two runs
-    each way), and a 5,000-row job with the judge 252 s instead of 368 s, its first tasks file at 130 s
-    instead of 209 s. RAY_worker_niceness set in the environment still wins; a cluster's nodes take it
-    from their `ray start` environment."""
-    import ray
-
-    os.environ.setdefault("RAY_worker_niceness", "0")
-    ray.init(address="local", **init_kwargs)
-
-
 def init_ray(cfg: RayConfig, num_cpus: int | None = None) -> bool:
     """Start or join Ray as `cfg` says, unless it is initialised; True when this call did. `num_cpus` is
     a private instance's CPU count when `cfg.num_cpus` gives none (else all the machine's). The workers'
@@ -39,7 +24,7 @@ def init_ray(cfg: RayConfig, num_cpus: int | None = None) -> bool:
         # Ray Train's print patch logs each print of a worker and also prints it: every line twice.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
         store = int(cfg.object_store_gib * 2**30) if cfg.object_store_gib else None
-        start_local(num_cpus=cfg.num_cpus or num_cpus, object_store_memory=store, include_dashboard=False)
+        ray.init(address="local", num_cpus=cfg.num_cpus or num_cpus, object_store_memory=store, include_dashboard=False)
     else:
         ray.init(address=address)
     worker_logs.filter_worker_logs()

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from adamllm_ray import ray_session
 from adamllm_ray.embedded.local_cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +110,7 @@ def ray_local(s3_endpoint):
     Started after the S3 endpoint so its workers inherit the endpoint's environment."""
     import ray
 
-    ray_session.start_local(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
