@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from adamllm_ray import ray_session
 from adamllm_ray.embedded.local_cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +111,7 @@ def ray_local(s3_endpoint):
     Started after the S3 endpoint so its workers inherit the endpoint's environment."""
     import ray
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray_session.start_local(num_cpus=4, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()

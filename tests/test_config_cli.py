@@ -166,3 +166,27 @@ def test_a_local_ray_gets_the_object_store_size_the_job_asks_for(tmp_path):
     line = next((x for x in r.stdout.splitlines() if x.startswith("STORE ")), None)
     assert line is not None, r.stderr[-2000:]
     assert float(line.split()[1]) == 0.25 * 2**30
+
+
+def test_a_local_ray_runs_its_workers_at_the_drivers_priority(tmp_path):
+    """A private Ray's workers (and so the vLLM processes an engine actor starts) run at the driver's
+    niceness, not Ray's default 15; the setting stays with that instance: the caller's environment, which
+    a cluster's `ray start` would inherit, is unchanged. RAY_worker_niceness in the environment still wins."""
+    import os
+
+    from conftest import ROOT
+
+    code = ("import os, ray; from adamllm_ray.config import RayConfig; from adamllm_ray.ray_session import init_ray; "
+            "init_ray(RayConfig(num_cpus=1)); nice = ray.remote(lambda: os.nice(0)); "
+            "print('NICE', os.nice(0), ray.get(nice.remote()), os.environ.get('RAY_worker_niceness')); ray.shutdown()")
+
+    def niceness(extra: dict) -> list[str]:
+        r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "PYTHONPATH": str(ROOT), **extra})
+        line = next((x for x in r.stdout.splitlines() if x.startswith("NICE ")), None)
+        assert line is not None, r.stderr[-2000:]
+        return line.split()[1:]
+
+    driver, worker, env = niceness({})
+    assert worker == driver and env == "None"
+    assert niceness({"RAY_worker_niceness": "7"})[1] == str(int(driver) + 7)

@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from adamllm_ray import ray_session
 from adamllm_ray.bench.synthesis import FINISH_TIMES, run_bare, side_cpu_ms_per_row, stage_cpu_ms_per_row, steady_rate
 from adamllm_ray.config import validate
 from adamllm_ray.evaluation.config import EvaluateConfig
@@ -92,7 +93,7 @@ def bench_evaluate(rows: int) -> dict:
         bare_rate = run_bare(BARE, [json.dumps(data), str(TOKENS)], tmp, bare)
 
         os.environ.update(VLLM_CPU_KVCACHE_SPACE="1", VLLM_CACHE_ROOT=str(tmp / "vllm"))
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+        ray_session.start_local(num_cpus=4, include_dashboard=False, log_to_driver=False)
         try:
             ray.data.DataContext.get_current().enable_progress_bars = False
             rate, seen, cpu, stream_tokens = stream_rate(cfg)

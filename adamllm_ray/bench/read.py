@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from adamllm_ray import ray_session
 from adamllm_ray.config import SourceConfig
 from adamllm_ray.sources import iter_rows, read_pairs
 
@@ -24,7 +25,7 @@ def bench_read(rows: int) -> dict:
         t = time.perf_counter()
         n_local = sum(1 for _ in iter_rows(cfg))
         local_s = time.perf_counter() - t
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray_session.start_local(num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
             ray.data.DataContext.get_current().enable_progress_bars = False
             read_pairs(cfg).count()  # warm the workers

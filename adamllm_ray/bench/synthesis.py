@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from adamllm_ray import sources
+from adamllm_ray import ray_session, sources
 from adamllm_ray.config import validate
 from adamllm_ray.synthesis.config import SynthesisConfig
 from adamllm_ray.embedded import sample_data, tiny
@@ -260,7 +260,7 @@ def bench_synthesis(rows: int) -> dict:
         bare_rate = run_bare(BARE, [str(tmp / "synthesizer"), str(tmp / "one" / "part-00000.parquet"), str(TOKENS)], tmp, bare)
         os.environ.update(VLLM_CPU_KVCACHE_SPACE="1", VLLM_CACHE_ROOT=str(tmp / "vllm"))
         streaming = streaming_figures(tmp)
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+        ray_session.start_local(num_cpus=4, include_dashboard=False, log_to_driver=False)
         try:
             ray.data.DataContext.get_current().enable_progress_bars = False
             rate, wall, cpu, first = pipeline_rate(_config(tmp, str(tmp / "big"), judge=False))

@@ -23,6 +23,7 @@ def _steady(history: list[dict]) -> dict:
 def bench_train(rows: int) -> dict:
     import ray
 
+    from adamllm_ray import ray_session
     from adamllm_ray.training.config import TrainConfig
     from adamllm_ray.embedded import tiny
     from adamllm_ray.embedded.training_set import write_training_set
@@ -32,7 +33,7 @@ def bench_train(rows: int) -> dict:
     workers, global_batch = 2, 8
     started = not ray.is_initialized()
     if started:
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+        ray_session.start_local(num_cpus=4, include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         with tempfile.TemporaryDirectory() as tmp:
