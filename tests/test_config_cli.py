@@ -148,45 +148,39 @@ def test_debug_shows_the_traceback(tmp_path):
     assert r.returncode != 0 and "Traceback" in r.stderr
 
 
+def local_ray_prints(tmp_path, ray_config: str, tag: str, values: str, env: dict | None = None) -> list[str]:
+    """In a fresh process: `init_ray(RayConfig(RAY_CONFIG))` as a job starts its private Ray, then print
+    `TAG` and the Python expressions `values` (`ray` and `os` imported); the printed values."""
+    import os
+
+    from conftest import ROOT
+
+    code = ("import os, ray; from adamllm_ray.config import RayConfig; from adamllm_ray.ray_session import init_ray; "
+            f"init_ray(RayConfig({ray_config})); print({tag!r}, {values}); ray.shutdown()")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    line = next((x for x in r.stdout.splitlines() if x.startswith(f"{tag} ")), None)
+    assert line is not None, r.stderr[-2000:]
+    return line.split()[1:]
+
+
 def test_a_local_ray_gets_the_object_store_size_the_job_asks_for(tmp_path):
     """`ray.object_store_gib` bounds a private Ray's object store (a long streaming run's resident
     memory grows until the store's pages have all been used once); 0 or less is refused, named."""
-    import os
-
     from adamllm_ray.config import RayConfig
-    from conftest import ROOT
 
     with pytest.raises(ValueError, match="object_store_gib"):
         RayConfig(object_store_gib=0)
-    code = ("import ray; from adamllm_ray.config import RayConfig; from adamllm_ray.ray_session import init_ray; "
-            "init_ray(RayConfig(num_cpus=1, object_store_gib=0.25)); "
-            "print('STORE', ray.cluster_resources()['object_store_memory']); ray.shutdown()")
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
-    line = next((x for x in r.stdout.splitlines() if x.startswith("STORE ")), None)
-    assert line is not None, r.stderr[-2000:]
-    assert float(line.split()[1]) == 0.25 * 2**30
+    store = local_ray_prints(tmp_path, "num_cpus=1, object_store_gib=0.25", "STORE",
+                             "ray.cluster_resources()['object_store_memory']")
+    assert float(store[0]) == 0.25 * 2**30
 
 
 def test_a_local_ray_runs_its_workers_at_the_drivers_priority(tmp_path):
     """A private Ray's workers (and so the vLLM processes an engine actor starts) run at the driver's
     niceness, not Ray's default 15; the setting stays with that instance: the caller's environment, which
     a cluster's `ray start` would inherit, is unchanged. RAY_worker_niceness in the environment still wins."""
-    import os
-
-    from conftest import ROOT
-
-    code = ("import os, ray; from adamllm_ray.config import RayConfig; from adamllm_ray.ray_session import init_ray; "
-            "init_ray(RayConfig(num_cpus=1)); nice = ray.remote(lambda: os.nice(0)); "
-            "print('NICE', os.nice(0), ray.get(nice.remote()), os.environ.get('RAY_worker_niceness')); ray.shutdown()")
-
-    def niceness(extra: dict) -> list[str]:
-        r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                           env={**os.environ, "PYTHONPATH": str(ROOT), **extra})
-        line = next((x for x in r.stdout.splitlines() if x.startswith("NICE ")), None)
-        assert line is not None, r.stderr[-2000:]
-        return line.split()[1:]
-
-    driver, worker, env = niceness({})
+    values = "os.nice(0), ray.get(ray.remote(lambda: os.nice(0)).remote()), os.environ.get('RAY_worker_niceness')"
+    driver, worker, env = local_ray_prints(tmp_path, "num_cpus=1", "NICE", values)
     assert worker == driver and env == "None"
-    assert niceness({"RAY_worker_niceness": "7"})[1] == str(int(driver) + 7)
+    assert local_ray_prints(tmp_path, "num_cpus=1", "NICE", values, {"RAY_worker_niceness": "7"})[1] == str(int(driver) + 7)
