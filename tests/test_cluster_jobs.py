@@ -138,13 +138,12 @@ def test_synthesis_survives_losing_a_node(cluster, tiny_qwen2_vl, tmp_path):
     assert done_before < len(ids), "the node was lost mid-run"
     check_complete(*outputs(tmp_path / "out"), ids)
     assert sorted(pq.read_table(tasks).column("id").to_pylist()) == sorted(ids), "no row done twice"
-    # Ray restarts the lost engine (Ray Data's actors have max_restarts=-1) wherever a node has room first:
-    # on the replacement, or on the head once the head's own engine has finished the remaining rows and
-    # left (seen in CI); if the job ends while it still waits to restart, it ends without a node. Either
-    # way it never counts as living on the lost node, and every row came out once (above).
-    actors = {a.actor_id: a for a in cluster.job_actors(job, ENGINE_ACTOR)}
-    lost = actors[working[0].actor_id]
-    alive = set(cluster.node_ids().values())
-    where = [(a.actor_id[:8], a.state, a.node_id, a.num_restarts) for a in actors.values()]
-    assert lost.num_restarts >= 1, where
-    assert lost.node_id in alive or not lost.node_id, (second, alive, where)
+    # How Ray accounts for the lost engine varies with timing, and none of it is the user's promise: it is
+    # restarted on the replacement, or on the head once the head's engine has finished the remaining rows,
+    # or (seen in CI) the job ends and Ray Data kills it before the cluster has marked the node dead, so it
+    # ends DEAD, never restarted, on the lost node. What must hold is above (every row once, the job
+    # succeeded), and the cluster marks the node dead (its health checks give up within a minute or so).
+    deadline = time.monotonic() + 180
+    while second in {n.node_id for n in cluster.alive_nodes()}:
+        assert time.monotonic() < deadline, "the lost node is still listed as alive"
+        time.sleep(1)
